@@ -1,0 +1,120 @@
+"""Greedy and beam-search decoding, batched over images x beams with the step model (no prefix recomputation)."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+
+from captioner.model import StepModels, step_models
+from captioner.text import END_ID, PAD_ID, START_ID, UNK_ID
+
+_BANNED = (PAD_ID, START_ID, UNK_ID)
+_NEG = np.float32(-1e9)
+
+
+class CaptionDecoder:
+    """Caption image features with a trained decoder; `init` runs once per image, `step` once per word."""
+
+    def __init__(self, model, max_length: int, chunk_images: int = 256):
+        import tensorflow as tf
+
+        self.models: StepModels = step_models(model)
+        self.max_steps = max(int(max_length) - 1, 1)
+        self.chunk_images = chunk_images
+        self._init = tf.function(lambda x: self.models.init(x, training=False), reduce_retracing=True)
+        self._step = tf.function(lambda args: self.models.step(args, training=False), reduce_retracing=True)
+
+    def _start(self, images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
+        """Run `init` and the first word step: (masked log p (B, V), context, h, c)."""
+        h, c, *context = (t.numpy() for t in self._init(images.astype(np.float32, copy=False)))
+        tokens = np.full((len(images), 1), START_ID, dtype=np.int32)
+        log_probs, h, c = self.step(tokens, h, c, context)
+        return log_probs, context, h, c
+
+    def step(self, tokens: np.ndarray, h: np.ndarray, c: np.ndarray, context: list[np.ndarray]):
+        """One decoding step for N rows: (log p (N, V) with pad/start/unk banned, new h, new c)."""
+        log_probs, h, c = self._step([tokens.reshape(-1, 1).astype(np.int32), h, c, *context])
+        log_probs = log_probs.numpy()
+        log_probs[:, _BANNED] = _NEG
+        return log_probs, h.numpy(), c.numpy()
+
+    def _chunks(self, features: np.ndarray) -> Iterator[np.ndarray]:
+        for start in range(0, len(features), self.chunk_images):
+            yield features[start : start + self.chunk_images]
+
+    def greedy(self, features: np.ndarray) -> list[list[int]]:
+        """Most likely next word at every step (plain argmax loop); token ids per image, without <end>."""
+        out: list[list[int]] = []
+        for chunk in self._chunks(features):
+            log_probs, context, h, c = self._start(chunk)
+            seqs = np.zeros((len(chunk), 0), dtype=np.int32)
+            done = np.zeros(len(chunk), dtype=bool)
+            for t in range(self.max_steps):
+                if t:
+                    log_probs, h, c = self.step(seqs[:, -1], h, c, context)
+                token = np.where(done, PAD_ID, log_probs.argmax(axis=1)).astype(np.int32)
+                seqs = np.concatenate([seqs, token[:, None]], axis=1)
+                done |= token == END_ID
+                if done.all():
+                    break
+            out.extend(_strip(row) for row in seqs)
+        return out
+
+    def beam(
+        self,
+        features: np.ndarray,
+        beam_size: int,
+        length_alpha: float = 1.0,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[list[int]]:
+        """Beam search over all images at once; the final pick is by log p / length**alpha. Ids without <end>."""
+        out: list[list[int]] = []
+        for chunk in self._chunks(features):
+            out.extend(self._beam_chunk(chunk, max(int(beam_size), 1), length_alpha))
+            if progress is not None:
+                progress(len(chunk))
+        return out
+
+    def _beam_chunk(self, images: np.ndarray, k: int, alpha: float) -> list[list[int]]:
+        n = len(images)
+        log_probs, context, h, c = self._start(images)
+        vocab = log_probs.shape[1]
+        k = min(k, vocab - len(_BANNED))
+        first = np.argsort(-log_probs, axis=1, kind="stable")[:, :k]  # (n, k)
+        scores = np.take_along_axis(log_probs, first, axis=1).reshape(-1)  # (n*k,)
+        seqs = first.reshape(-1, 1).astype(np.int32)
+        h, c = np.repeat(h, k, axis=0), np.repeat(c, k, axis=0)
+        context = [np.repeat(x, k, axis=0) for x in context]
+        done = seqs[:, 0] == END_ID
+        lengths = np.ones(n * k, dtype=np.float32)
+        for _ in range(1, self.max_steps):
+            if done.all():
+                break
+            log_probs, h, c = self.step(seqs[:, -1], h, c, context)
+            log_probs[done] = _NEG
+            log_probs[done, PAD_ID] = 0.0  # a finished beam carries its score forward unchanged
+            total = (scores[:, None] + log_probs).reshape(n, k * vocab)
+            best = np.argsort(-total, axis=1, kind="stable")[:, :k]  # (n, k)
+            rows = (np.arange(n)[:, None] * k + best // vocab).reshape(-1)
+            tokens = (best % vocab).reshape(-1).astype(np.int32)
+            scores = np.take_along_axis(total, best, axis=1).reshape(-1)
+            lengths = lengths[rows] + (~done[rows])
+            done = done[rows] | (tokens == END_ID)
+            seqs = np.concatenate([seqs[rows], tokens[:, None]], axis=1)
+            h, c = h[rows], c[rows]
+        normed = (scores / lengths**alpha).reshape(n, k)
+        pick = np.arange(n) * k + normed.argmax(axis=1)
+        return [_strip(seqs[row]) for row in pick]
+
+
+def _strip(ids: np.ndarray) -> list[int]:
+    """Token ids up to (not including) <end>, without pad/start/unk."""
+    out = []
+    for i in ids.tolist():
+        if i == END_ID:
+            break
+        if i not in _BANNED:
+            out.append(int(i))
+    return out
+

@@ -1,0 +1,263 @@
+"""Every data source (sample, folder in both layouts, archive, kaggle with a faked download) and bad input."""
+
+import csv
+import io
+import json
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import captions_for, make_kaggle_folder, make_original_folder, save_image
+
+from captioner.datasets import prepare_raw
+from captioner.datasets.flickr8k import official_splits
+from captioner.datasets.raw import read_captions_csv
+from captioner.errors import CaptionerError
+
+
+def data_params(**overrides):
+    params = {"source": "sample", "path": None, "kaggle_dataset": "adityajn105/flickr8k",
+              "sample_images": 30, "sample_seed": 0}
+    params.update(overrides)
+    return params
+
+
+def read_raw(out: Path):
+    splits = json.loads((out / "splits.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    with (out / "captions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    return splits, report, rows
+
+
+def test_official_splits_are_6000_1000_1000():
+    splits = official_splits()
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [6000, 1000, 1000]
+    assert not set(splits["train"]) & set(splits["test"])
+
+
+def test_sample_is_deterministic_and_complete(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    prepare_raw(data_params(), a)
+    prepare_raw(data_params(), b)
+    prepare_raw(data_params(sample_seed=1), c)
+    assert (a / "captions.csv").read_bytes() == (b / "captions.csv").read_bytes()
+    assert (a / "captions.csv").read_bytes() != (c / "captions.csv").read_bytes()
+    first = sorted((a / "Images").iterdir())[0]
+    assert first.read_bytes() == (b / "Images" / first.name).read_bytes()
+    splits, report, rows = read_raw(a)
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [21, 4, 5]
+    assert len(rows) == 30 * 5 and report["images"] == 30
+    per_image = {}
+    for row in rows:
+        per_image.setdefault(row["image"], []).append(row["caption"])
+    assert all(len(set(caps)) == 5 for caps in per_image.values())
+    assert len(list((a / "Images").glob("*.jpg"))) == 30
+
+
+def test_sample_captions_name_what_is_drawn(tmp_path):
+    prepare_raw(data_params(sample_images=60), tmp_path / "raw")
+    _, _, rows = read_raw(tmp_path / "raw")
+    words = {w for r in rows for w in r["caption"].split()}
+    assert {"red", "blue", "circle", "square", "triangle", "above", "two", "background"} <= words
+
+
+def test_kaggle_layout_folder_drops_missing_images(tmp_path, capsys):
+    flickr_test = official_splits()["test"][0]
+    names = make_kaggle_folder(tmp_path / "src", drop=(flickr_test,))
+    prepare_raw(data_params(source="folder", path=str(tmp_path / "src")), tmp_path / "raw")
+    splits, report, rows = read_raw(tmp_path / "raw")
+    assert set(splits["train"]) == set(names["train"])
+    assert flickr_test not in splits["test"] and len(splits["test"]) == 1
+    assert flickr_test in report["missing_images"]
+    assert report["layout"] == "kaggle" and report["images"] == 7
+    assert len(report["missing_images"]) == 8000 - 8 + 1
+    assert "not in the images folder" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "raw" / "Images").iterdir()) == sorted(r for r in {x["image"] for x in rows})
+
+
+def test_original_layout_folder_with_token_quirk(tmp_path):
+    names = make_original_folder(tmp_path / "src")
+    prepare_raw(data_params(source="folder", path=str(tmp_path / "src")), tmp_path / "raw")
+    splits, report, rows = read_raw(tmp_path / "raw")
+    assert report["layout"] == "original"
+    assert {s: len(v) for s, v in splits.items()} == {"train": 4, "val": 2, "test": 2}
+    assert "2258277193_586949ec62.jpg.1" in report["missing_images"]
+    assert rows[0]["caption"] == captions_for(names["train"][0])[0]
+
+
+def test_empty_captions_and_short_images_are_counted_not_fatal(tmp_path):
+    names = make_kaggle_folder(tmp_path / "src")
+    with (tmp_path / "src" / "captions.txt").open("a", newline="") as f:
+        csv.writer(f).writerow([names["train"][0], "   "])
+    text = (tmp_path / "src" / "captions.txt").read_text().splitlines()
+    victim = names["val"][0]
+    kept = [line for line in text if not line.startswith(victim)] + [f"{victim},only one caption"]
+    (tmp_path / "src" / "captions.txt").write_text("\n".join(kept) + "\n")
+    prepare_raw(data_params(source="folder", path=str(tmp_path / "src")), tmp_path / "raw")
+    _, report, _ = read_raw(tmp_path / "raw")
+    assert report["empty_captions_dropped"] == 1
+    assert report["fewer_than_five_captions"] == [victim]
+    assert report["images"] == 8
+
+
+def test_undecodable_image_is_reported_not_fatal(tmp_path):
+    names = make_kaggle_folder(tmp_path / "src")
+    (tmp_path / "src" / "Images" / names["train"][1]).write_text("this is not a jpeg")
+    prepare_raw(data_params(source="folder", path=str(tmp_path / "src")), tmp_path / "raw")
+    splits, report, _ = read_raw(tmp_path / "raw")
+    assert names["train"][1] in report["undecodable_images"]
+    assert names["train"][1] not in splits["train"]
+
+
+def make_zip(path: Path, folder: Path) -> None:
+    with zipfile.ZipFile(path, "w") as zf:
+        for f in sorted(folder.rglob("*")):
+            zf.write(f, f.relative_to(folder.parent))
+
+
+def test_archive_zip_kaggle_layout(tmp_path):
+    make_kaggle_folder(tmp_path / "flickr8k")
+    make_zip(tmp_path / "flickr8k.zip", tmp_path / "flickr8k")
+    prepare_raw(data_params(source="archive", path=str(tmp_path / "flickr8k.zip")), tmp_path / "raw")
+    _, report, _ = read_raw(tmp_path / "raw")
+    assert report["images"] == 8 and report["source"] == "archive"
+
+
+def test_archive_tar_gz_original_layout(tmp_path):
+    make_original_folder(tmp_path / "orig")
+    with tarfile.open(tmp_path / "orig.tar.gz", "w:gz") as tf:
+        tf.add(tmp_path / "orig", arcname="orig")
+    prepare_raw(data_params(source="archive", path=str(tmp_path / "orig.tar.gz")), tmp_path / "raw")
+    _, report, _ = read_raw(tmp_path / "raw")
+    assert report["layout"] == "original" and report["images"] == 8
+
+
+def test_archive_original_two_zips(tmp_path):
+    make_original_folder(tmp_path / "orig")
+    make_zip(tmp_path / "Flickr8k_Dataset.zip", tmp_path / "orig" / "Flicker8k_Dataset")
+    with zipfile.ZipFile(tmp_path / "Flickr8k_text.zip", "w") as zf:
+        zf.write(tmp_path / "orig" / "Flickr8k.token.txt", "Flickr8k.token.txt")
+    paths = [str(tmp_path / "Flickr8k_Dataset.zip"), str(tmp_path / "Flickr8k_text.zip")]
+    prepare_raw(data_params(source="archive", path=paths), tmp_path / "raw")
+    assert read_raw(tmp_path / "raw")[1]["images"] == 8
+
+
+def test_archive_nested_zips_inside_one_archive(tmp_path):
+    make_original_folder(tmp_path / "orig")
+    (tmp_path / "bundle").mkdir()
+    make_zip(tmp_path / "bundle" / "Flickr8k_Dataset.zip", tmp_path / "orig" / "Flicker8k_Dataset")
+    shutil.copy(tmp_path / "orig" / "Flickr8k.token.txt", tmp_path / "bundle")
+    with tarfile.open(tmp_path / "all.tar", "w") as tf:
+        tf.add(tmp_path / "bundle", arcname="bundle")
+    prepare_raw(data_params(source="archive", path=str(tmp_path / "all.tar")), tmp_path / "raw")
+    assert read_raw(tmp_path / "raw")[1]["images"] == 8
+
+
+def evil_zip(path: Path, member: str) -> None:
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("ok.txt", "fine")
+        zf.writestr(member, "gotcha")
+
+
+@pytest.mark.parametrize("member", ["../evil", "a/../../evil", "/etc/evil"])
+def test_zip_with_unsafe_member_is_refused(tmp_path, member):
+    evil_zip(tmp_path / "evil.zip", member)
+    out = tmp_path / "work" / "raw"
+    with pytest.raises(CaptionerError, match=r"refusing member .*evil"):
+        prepare_raw(data_params(source="archive", path=str(tmp_path / "evil.zip")), out)
+    assert not (tmp_path / "evil").exists() and not out.exists()
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_tar_with_escaping_symlink_is_refused(tmp_path):
+    with tarfile.open(tmp_path / "evil.tar", "w") as tf:
+        link = tarfile.TarInfo("data/link")
+        link.type, link.linkname = tarfile.SYMTYPE, "../../outside"
+        tf.addfile(link)
+    with pytest.raises(CaptionerError, match="refusing link .*data/link"):
+        prepare_raw(data_params(source="archive", path=str(tmp_path / "evil.tar")), tmp_path / "raw")
+
+
+def test_tar_with_dotdot_member_is_refused(tmp_path):
+    with tarfile.open(tmp_path / "evil.tar.gz", "w:gz") as tf:
+        info = tarfile.TarInfo("../evil")
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"bad"))
+    with pytest.raises(CaptionerError, match=r"refusing member .*\.\./evil"):
+        prepare_raw(data_params(source="archive", path=str(tmp_path / "evil.tar.gz")), tmp_path / "raw")
+
+
+def test_kaggle_source_with_faked_download(tmp_path, monkeypatch):
+    import kagglehub
+
+    make_kaggle_folder(tmp_path / "kaggle_cache" / "versions" / "1")
+    asked = []
+
+    def fake_download(handle):
+        asked.append(handle)
+        return str(tmp_path / "kaggle_cache" / "versions" / "1")
+
+    monkeypatch.setattr(kagglehub, "dataset_download", fake_download)
+    prepare_raw(data_params(source="kaggle"), tmp_path / "raw")
+    assert asked == ["adityajn105/flickr8k"]
+    assert read_raw(tmp_path / "raw")[1]["images"] == 8
+
+
+def test_kaggle_without_network_or_credentials_says_how(tmp_path, monkeypatch):
+    import kagglehub
+
+    def offline(handle):
+        raise ConnectionError("Failed to resolve 'www.kaggle.com'")
+
+    monkeypatch.setattr(kagglehub, "dataset_download", offline)
+    with pytest.raises(CaptionerError, match="KAGGLE_USERNAME.*data.source: archive"):
+        prepare_raw(data_params(source="kaggle"), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"source": "s3"}, "data.source 's3' is unknown"),
+        ({"source": "folder", "path": "/no/such/folder"}, "folder not found: /no/such/folder"),
+        ({"source": "folder"}, "data.path: required"),
+        ({"source": "archive", "path": "/no/such.zip"}, "archive not found"),
+    ],
+)
+def test_bad_source_settings(tmp_path, overrides, message):
+    with pytest.raises(CaptionerError, match=message):
+        prepare_raw(data_params(**overrides), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("image,text\na.jpg,hello\n", "header must have columns 'image' and 'caption'"),
+        ("image,caption\n", "no caption rows"),
+        ("", "empty captions file"),
+    ],
+)
+def test_malformed_captions_csv(tmp_path, text, message):
+    path = tmp_path / "captions.txt"
+    path.write_text(text)
+    with pytest.raises(CaptionerError, match=message):
+        read_captions_csv(path)
+
+
+def test_malformed_token_file_names_the_line(tmp_path):
+    make_original_folder(tmp_path / "src")
+    token = tmp_path / "src" / "Flickr8k.token.txt"
+    token.write_text(token.read_text() + "garbage line without a tab\n")
+    with pytest.raises(CaptionerError, match=r"Flickr8k.token.txt:46: expected"):
+        prepare_raw(data_params(source="folder", path=str(tmp_path / "src")), tmp_path / "raw")
+
+
+def test_png_images_in_folder_are_accepted(tmp_path):
+    names = make_kaggle_folder(tmp_path / "src")
+    save_image(tmp_path / "src" / "Images" / "extra.png", 99)
+    prepare_raw(data_params(source="folder", path=str(tmp_path / "src")), tmp_path / "raw")
+    assert read_raw(tmp_path / "raw")[1]["images"] == sum(map(len, names.values()))
