@@ -1,0 +1,150 @@
+"""The DVC workflow end to end on a tiny embedded sample, in a temporary git repo made from the project.
+
+One repo is built per module: `dvc repro` from scratch, then param changes, `dvc metrics diff`,
+`dvc exp run`, and push / fresh clone / pull / predict. Tiny settings come in through params.yaml only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import copy_project
+
+BIN = Path(sys.executable).parent
+TINY = {
+    "data": {"sample_images": 40},
+    "features": {"batch_size": 16},
+    "train": {"embedding_dim": 16, "units": 32, "epochs": 3, "batch_size": 32, "patience": 2, "max_minutes": 2},
+    "evaluate": {"beam_size": 2, "figure_images": 4},
+}
+
+
+def sh(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command in `cwd`, failing the test with its output when it fails."""
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh(cwd, sys.executable, "-m", "dvc", *args, check=check)
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([\w-]+)'", output))
+
+
+def edit_params(repo: Path, **sections: dict) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def restore(repo: Path) -> None:
+    """Back to the committed state: params, lock file and metrics from git, data from the DVC cache."""
+    sh(repo, "git", "checkout", "--", ".")
+    dvc(repo, "checkout", "--force")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A git + DVC repo of the project with tiny params, reproduced once and committed."""
+    repo = copy_project(tmp_path_factory.mktemp("e2e") / "repo")
+    sh(repo, "git", "init", "-q")
+    sh(repo, "git", "config", "user.email", "test@example.com")
+    sh(repo, "git", "config", "user.name", "captioner tests")
+    edit_params(repo, **TINY)
+    first = dvc(repo, "repro")
+    assert ran_stages(first.stdout) == {"download", "extract_features", "clean_text", "tokenize", "train", "evaluate"}
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "tiny pipeline")
+    return repo
+
+
+def test_repro_from_scratch_then_nothing_to_do(repo):
+    for path in ("data/raw/splits.json", "data/features/features.h5", "data/processed/sequences.npz",
+                 "models/captioner/config.json", "metrics/eval.json", "metrics/train.json",
+                 "metrics/predictions.csv", "metrics/samples.png"):
+        assert (repo / path).is_file(), path
+    scores = json.loads((repo / "metrics/eval.json").read_text())
+    assert 0.0 <= scores["bleu4"] <= scores["bleu1"] <= 1.0
+    again = dvc(repo, "repro")
+    assert ran_stages(again.stdout) == set()
+    assert "up to date" in dvc(repo, "status").stdout
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"train": {"epochs": 2}}, {"train", "evaluate"}),
+        ({"text": {"min_words": 5}}, {"clean_text", "tokenize", "train", "evaluate"}),
+        ({"features": {"encoder": "efficientnet_lite2"}}, {"extract_features", "train", "evaluate"}),
+        ({"evaluate": {"beam_size": 1}}, {"evaluate"}),
+    ],
+    ids=["train.epochs", "text.min_words", "features.encoder", "evaluate.beam_size"],
+)
+def test_param_change_reruns_exactly_the_dependent_stages(repo, change, expected):
+    edit_params(repo, **change)
+    try:
+        section = next(iter(change))
+        assert section in dvc(repo, "status").stdout
+        assert ran_stages(dvc(repo, "repro").stdout) == expected
+    finally:
+        restore(repo)
+
+
+def test_metrics_diff_shows_bleu_before_and_after(repo):
+    edit_params(repo, train={"epochs": 6})
+    try:
+        dvc(repo, "repro")
+        diff = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)
+        scores = diff["metrics/eval.json"]
+        assert {"bleu1", "bleu4"} <= set(scores)
+        assert all({"old", "new"} <= set(scores[k]) for k in ("bleu1", "bleu4"))
+        assert any(scores[k].get("diff") for k in scores), scores
+        text = dvc(repo, "metrics", "diff").stdout
+        assert "bleu4" in text and "HEAD" in text
+    finally:
+        restore(repo)
+
+
+def test_experiment_run_and_show(repo):
+    dvc(repo, "exp", "run", "-S", "train.epochs=2", "-n", "two-epochs")
+    try:
+        rows = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+        exps = [e for row in rows for e in (row.get("experiments") or [])]
+        names = [e.get("name") for e in exps]
+        assert "two-epochs" in names, names
+        revs = [r for e in exps if e.get("name") == "two-epochs" for r in e["revs"]]
+        data = revs[0]["data"]
+        assert data["params"]["params.yaml"]["data"]["train"]["epochs"] == 2
+        assert "bleu4" in data["metrics"]["metrics/eval.json"]["data"]
+    finally:
+        restore(repo)
+
+
+def test_push_clone_pull_predict(repo, tmp_path):
+    remote = tmp_path / "remote"
+    dvc(repo, "remote", "add", "-d", "-f", "shared", str(remote))
+    dvc(repo, "push")
+    sh(repo, "git", "add", ".dvc/config")
+    sh(repo, "git", "commit", "-qm", "remote")
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    assert not (clone / "models").exists()
+    dvc(clone, "pull")
+    status = dvc(clone, "status")
+    assert "up to date" in status.stdout, status.stdout
+    image = sorted((clone / "data/raw/Images").glob("*.jpg"))[0]
+    result = sh(clone, str(BIN / "captioner"), "predict", str(image), "--model", "models/captioner", "--json")
+    predictions = json.loads(result.stdout)
+    assert predictions[0]["caption"].strip()
+    assert ran_stages(dvc(clone, "repro").stdout) == set()
