@@ -22,8 +22,11 @@ class CaptionDecoder:
         self.models: StepModels = step_models(model)
         self.max_steps = max(int(max_length) - 1, 1)
         self.chunk_images = chunk_images
-        self._init = tf.function(lambda x: self.models.init(x, training=False), reduce_retracing=True)
-        self._step = tf.function(lambda args: self.models.step(args, training=False), reduce_retracing=True)
+        init, step = self.models.init, self.models.step
+        self._init = tf.function(lambda x: init(x, training=False), input_signature=[_signature(init.inputs[0])])
+        self._step = tf.function(
+            lambda args: step(args, training=False), input_signature=[[_signature(t) for t in step.inputs]]
+        )
 
     def _start(self, images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
         """Run `init` and the first word step: (masked log p (B, V), context, h, c)."""
@@ -106,6 +109,13 @@ class CaptionDecoder:
         normed = (scores / lengths**alpha).reshape(n, k)
         pick = np.arange(n) * k + normed.argmax(axis=1)
         return [_strip(seqs[row]) for row in pick]
+
+
+def _signature(tensor):
+    """A TensorSpec with a free batch dimension for a Keras input, so decoding traces each graph once."""
+    import tensorflow as tf
+
+    return tf.TensorSpec((None, *tensor.shape[1:]), tensor.dtype)
 
 
 def _strip(ids: np.ndarray) -> list[int]:

@@ -33,7 +33,7 @@ def corpus_bleu_scores(references: Sequence[Sequence[str]], hypotheses: Sequence
 
 
 def cider_d(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> float:
-    """CIDEr-D (pycocoevalcap's scorer: tf-idf n-grams 1-4, Gaussian length penalty, clipping), 0-10 scale / 10 not applied."""
+    """CIDEr-D as pycocoevalcap computes it (tf-idf n-grams 1-4, length penalty, clipping; x10 as in papers)."""
     from pycocoevalcap.cider.cider import Cider
 
     if not hypotheses:

@@ -13,7 +13,7 @@ import os
 import pickle
 import struct
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable
 
@@ -53,6 +53,17 @@ class _Tensor:
     size: tuple[int, ...]
     stride: tuple[int, ...]
 
+    def in_bounds(self) -> bool:
+        """True if every element of the view lies inside the storage (checked before any strided read)."""
+        if self.storage.data is None or len(self.size) != len(self.stride):
+            return False
+        if self.offset < 0 or min(self.size + self.stride, default=0) < 0:
+            return False
+        if 0 in self.size:
+            return True
+        last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
+        return last < self.storage.data.size
+
     def to_numpy(self) -> np.ndarray:
         """Copy the view out of its storage buffer as a C-contiguous array."""
         assert self.storage.data is not None
@@ -64,16 +75,12 @@ class _Tensor:
         return np.ascontiguousarray(view)
 
 
-@dataclass
-class _Refs:
-    """Storages met while unpickling, by key, in the order they were first named."""
-
-    storages: dict[str, _Storage] = field(default_factory=dict)
-
-
 def _rebuild_tensor(storage: _Storage, offset: int, size: tuple, stride: tuple, *_: Any) -> _Tensor:
     """Stand-in for torch._utils._rebuild_tensor(_v2): record the view, ignore grad flags and hooks."""
-    return _Tensor(storage, int(offset), tuple(size), tuple(stride))
+    ints = (offset, *size, *stride)
+    if not isinstance(storage, _Storage) or not all(isinstance(v, int) for v in ints):
+        raise ValueError("malformed tensor record")
+    return _Tensor(storage, offset, tuple(size), tuple(stride))
 
 
 def _rebuild_parameter(data: _Tensor, *_: Any) -> _Tensor:
@@ -92,10 +99,10 @@ _ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
 class _StateDictUnpickler(pickle.Unpickler):
     """Unpickler that knows only state-dict names and turns storage references into `_Storage`s."""
 
-    def __init__(self, file: IO[bytes], source: str, refs: _Refs) -> None:
+    def __init__(self, file: IO[bytes], source: str, storages: dict[str, _Storage]) -> None:
         super().__init__(file)
         self.source = source
-        self.refs = refs
+        self.storages = storages
 
     def find_class(self, module: str, name: str) -> Any:
         """Resolve an allowed name to its local stand-in; refuse everything else."""
@@ -116,34 +123,36 @@ class _StateDictUnpickler(pickle.Unpickler):
             raise CaptionerError(f"{self.source}: storage views are not supported")
         if dtype not in STORAGE_DTYPES.values():
             raise CaptionerError(f"{self.source}: unexpected storage type {dtype!r:.60}")
-        if key not in self.refs.storages:
-            self.refs.storages[key] = _Storage(dtype, numel)
-        return self.refs.storages[key]
+        if key not in self.storages:
+            self.storages[key] = _Storage(dtype, numel)
+        return self.storages[key]
 
 
-def _unpickle(file: IO[bytes], source: str, refs: _Refs) -> Any:
+def _unpickle(file: IO[bytes], source: str, storages: dict[str, _Storage]) -> Any:
     """Unpickle one object with the restricted Unpickler, turning malformed data into CaptionerError."""
     try:
-        return _StateDictUnpickler(file, source, refs).load()
+        return _StateDictUnpickler(file, source, storages).load()
     except CaptionerError:
         raise
     except Exception as exc:
         raise CaptionerError(f"{source}: not a readable PyTorch file ({type(exc).__name__}: {exc})") from exc
 
 
-def _read_legacy(file: IO[bytes], source: str) -> tuple[Any, _Refs]:
+def _read_legacy(file: IO[bytes], source: str) -> Any:
     """Read the pre-zip format: magic, version, sys info, the object, storage keys, then raw buffers."""
-    refs = _Refs()
-    if _unpickle(file, source, refs) != LEGACY_MAGIC:
+    storages: dict[str, _Storage] = {}
+    if _unpickle(file, source, storages) != LEGACY_MAGIC:
         raise CaptionerError(f"{source}: not a PyTorch file (bad magic number)")
-    _unpickle(file, source, refs)
-    sys_info = _unpickle(file, source, refs)
+    _unpickle(file, source, storages)
+    sys_info = _unpickle(file, source, storages)
     if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
         raise CaptionerError(f"{source}: big-endian PyTorch files are not supported")
-    obj = _unpickle(file, source, refs)
-    keys = _unpickle(file, source, refs)
+    obj = _unpickle(file, source, storages)
+    keys = _unpickle(file, source, storages)
+    if not isinstance(keys, list):
+        raise CaptionerError(f"{source}: malformed storage key list")
     for key in keys:
-        storage = refs.storages.get(str(key))
+        storage = storages.get(str(key))
         header = file.read(8)
         if storage is None or len(header) != 8:
             raise CaptionerError(f"{source}: truncated or inconsistent storage data (key {key})")
@@ -153,20 +162,20 @@ def _read_legacy(file: IO[bytes], source: str) -> tuple[Any, _Refs]:
         if numel != storage.numel or len(buffer) != nbytes:
             raise CaptionerError(f"{source}: truncated or inconsistent storage data (key {key})")
         storage.data = np.frombuffer(buffer, dtype=np.dtype(storage.dtype).newbyteorder("<"))
-    return obj, refs
+    return obj
 
 
-def _read_zip(path: Path, source: str) -> tuple[Any, _Refs]:
+def _read_zip(path: Path, source: str) -> Any:
     """Read the zip format: `<root>/data.pkl` plus one `<root>/data/<key>` member per storage."""
-    refs = _Refs()
+    storages: dict[str, _Storage] = {}
     with zipfile.ZipFile(path) as archive:
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
         if len(pickles) != 1:
             raise CaptionerError(f"{source}: zip file without exactly one data.pkl")
         root = pickles[0][: -len("data.pkl")]
         with archive.open(pickles[0]) as file:
-            obj = _unpickle(file, source, refs)
-        for key, storage in refs.storages.items():
+            obj = _unpickle(file, source, storages)
+        for key, storage in storages.items():
             try:
                 buffer = archive.read(f"{root}data/{key}")
             except KeyError as exc:
@@ -175,7 +184,7 @@ def _read_zip(path: Path, source: str) -> tuple[Any, _Refs]:
             if len(buffer) != storage.numel * dtype.itemsize:
                 raise CaptionerError(f"{source}: storage {key} has the wrong size")
             storage.data = np.frombuffer(buffer, dtype=dtype)
-    return obj, refs
+    return obj
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -185,10 +194,13 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise CaptionerError(f"{source}: weights file not found")
     if zipfile.is_zipfile(path):
-        obj, _ = _read_zip(path, source)
+        obj = _read_zip(path, source)
     else:
         with path.open("rb") as file:
-            obj, _ = _read_legacy(file, source)
+            obj = _read_legacy(file, source)
     if not isinstance(obj, dict) or not all(isinstance(v, _Tensor) for v in obj.values()):
         raise CaptionerError(f"{source}: expected a state dict of tensors")
+    bad = [name for name, tensor in obj.items() if not tensor.in_bounds()]
+    if bad:
+        raise CaptionerError(f"{source}: tensor {bad[0]} lies outside its storage")
     return {str(name): tensor.to_numpy() for name, tensor in obj.items()}

@@ -1,0 +1,18 @@
+"""DVC stage `train`: fit the decoder on the features and token sequences; write the model bundle and metrics."""
+
+from captioner.params import load_params
+from captioner.stage import run_main
+from captioner.training import run_train
+
+
+def main() -> None:
+    summary = run_train(load_params())
+    print(
+        f"trained {summary['decoder']} for {summary['epochs_run']} epochs (best {summary['best_epoch']}, "
+        f"stopped by {summary['stopped_by']}) in {summary['wall_seconds']:.0f} s, "
+        f"{summary['captions_per_second']} captions/s"
+    )
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,89 @@
+"""Greedy and beam search: beam 1 == greedy, no pad/start/unk ever, stop at <end>, batching changes nothing."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("keras")
+
+from captioner.decode import CaptionDecoder  # noqa: E402
+from captioner.model import DecoderSpec, build_decoder  # noqa: E402
+from captioner.text import END_ID, PAD_ID, START_ID, UNK_ID  # noqa: E402
+
+VOCAB = 24
+
+
+def make(kind: str, seed: int = 0):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    shape = (3, 3, 12) if kind == "attention" else (12,)
+    model = build_decoder(DecoderSpec(kind, VOCAB, shape, 8, 16, 0.0))
+    # larger random output weights so the model has definite, varied preferences
+    logits = model.get_layer("logits")
+    kernel, bias = logits.get_weights()
+    rng = np.random.default_rng(seed)
+    logits.set_weights([kernel * 8, rng.normal(scale=2.0, size=bias.shape).astype("float32")])
+    images = rng.normal(size=(9, *shape)).astype("float32")
+    return model, images
+
+
+def set_bias(model, ids, value):
+    logits = model.get_layer("logits")
+    kernel, bias = logits.get_weights()
+    bias[list(ids)] = value
+    logits.set_weights([kernel, bias])
+
+
+@pytest.mark.parametrize("kind", ["merge", "inject", "attention"])
+def test_beam_one_equals_greedy(kind):
+    model, images = make(kind)
+    dec = CaptionDecoder(model, max_length=8)
+    greedy = dec.greedy(images)
+    assert dec.beam(images, 1) == greedy
+    assert any(greedy)
+
+
+def test_never_emits_pad_start_or_unk():
+    model, images = make("merge")
+    set_bias(model, [PAD_ID, START_ID, UNK_ID], 50.0)  # the model would love to say them
+    dec = CaptionDecoder(model, max_length=8)
+    for seqs in (dec.greedy(images), dec.beam(images, 3)):
+        for seq in seqs:
+            assert not {PAD_ID, START_ID, UNK_ID, END_ID} & set(seq)
+            assert len(seq) <= 7
+
+
+def test_stops_at_end():
+    model, images = make("merge")
+    set_bias(model, [END_ID], 50.0)
+    dec = CaptionDecoder(model, max_length=8)
+    assert dec.greedy(images) == [[]] * len(images)
+    assert dec.beam(images, 3) == [[]] * len(images)
+
+
+@pytest.mark.parametrize("kind", ["merge", "attention"])
+def test_batched_equals_one_image_at_a_time(kind):
+    model, images = make(kind, seed=3)
+    batched = CaptionDecoder(model, max_length=8).beam(images, 3)
+    single = CaptionDecoder(model, max_length=8, chunk_images=1)
+    assert [single.beam(images[i : i + 1], 3)[0] for i in range(len(images))] == batched
+    assert single.beam(images, 3) == batched
+
+
+def test_beam_finds_at_least_as_likely_captions_as_greedy():
+    model, images = make("inject", seed=5)
+    dec = CaptionDecoder(model, max_length=8)
+
+    def score(image, seq):
+        total = 0.0
+        h, c, *context = (t.numpy() for t in dec.models.init(image[None]))
+        prev = START_ID
+        for token in [*seq, END_ID]:
+            log_p, h, c = dec.step(np.array([prev]), h, c, context)
+            total += log_p[0, token]
+            prev = token
+        return total / (len(seq) + 1)
+
+    greedy, beam = dec.greedy(images), dec.beam(images, 4)
+    better = sum(score(img, b) >= score(img, g) - 1e-5 for img, g, b in zip(images, greedy, beam))
+    assert better >= len(images) - 1
