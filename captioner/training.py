@@ -279,6 +279,7 @@ def run_train(
         "weights": meta.get("weights"),
         "weights_id": meta.get("weights_id"),
         "input_size": meta.get("input_size"),
+        "preprocessing": meta.get("preprocessing"),
         "output": meta.get("output", "grid" if len(data.feature_shape) == 3 else "pooled"),
     }
     decoder = {

@@ -1,12 +1,15 @@
 """DVC stage `train`: fit the decoder on the features and token sequences; write the model bundle and metrics."""
 
+import sys
+
 from captioner.params import load_params
 from captioner.stage import run_main
 from captioner.training import run_train
 
 
 def main() -> None:
-    summary = run_train(load_params())
+    verbose = "auto" if sys.stdout.isatty() else 2  # one line per epoch in logs (dvc repro pipes stdout)
+    summary = run_train(load_params(), verbose=verbose)
     print(
         f"trained {summary['decoder']} for {summary['epochs_run']} epochs (best {summary['best_epoch']}, "
         f"stopped by {summary['stopped_by']}) in {summary['wall_seconds']:.0f} s, "
