@@ -99,7 +99,7 @@ def main() -> None:
     from captioner.decode import CaptionDecoder
     from captioner.encoders import build_encoder, get_spec
     from captioner.images import image_batches
-    from captioner.training import prepare_features
+    from captioner.model import prepare_features
 
     bundle = load_bundle(model)
     enc = bundle.config["encoder"]

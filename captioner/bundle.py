@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from captioner.atomic import atomic_dir
+from captioner.atomic import atomic_dir, write_json
 from captioner.errors import CaptionerError
+from captioner.jsonfile import read_json
 from captioner.text import Vocabulary
 
 MODEL_FILE = "decoder.keras"
@@ -54,15 +54,13 @@ def save_bundle(directory: str | os.PathLike[str], model, vocab: Vocabulary, con
     """Write the three bundle files into `directory`, replacing it atomically."""
     with atomic_dir(directory) as tmp:
         model.save(tmp / MODEL_FILE)
-        (tmp / VOCAB_FILE).write_text(json.dumps(vocab.to_json(), ensure_ascii=False) + "\n", encoding="utf-8")
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / VOCAB_FILE, vocab.to_json())
+        write_json(tmp / CONFIG_FILE, config)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CaptionerError(f"{path}: not readable JSON ({exc})") from exc
+def _read_object(path: Path) -> dict[str, Any]:
+    """A bundle file that must hold one JSON object."""
+    data = read_json(path, "bundle file", "train")
     if not isinstance(data, dict):
         raise CaptionerError(f"{path}: expected a JSON object")
     return data
@@ -76,7 +74,7 @@ def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     for name in (MODEL_FILE, VOCAB_FILE, CONFIG_FILE):
         if not (directory / name).is_file():
             raise CaptionerError(f"{directory}: model bundle lacks {name}")
-    config = _read_json(directory / CONFIG_FILE)
+    config = _read_object(directory / CONFIG_FILE)
     if config.get("format") != BUNDLE_FORMAT:
         raise CaptionerError(f"{directory / CONFIG_FILE}: bundle format {config.get('format')!r}, expected {BUNDLE_FORMAT}")
     required = {"encoder": ("name", "weights", "input_size", "output"), "decoder": ("kind",),
@@ -99,7 +97,7 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
     directory = Path(directory)
     config = read_config(directory)
     try:
-        vocab = Vocabulary.from_json(_read_json(directory / VOCAB_FILE))
+        vocab = Vocabulary.from_json(_read_object(directory / VOCAB_FILE))
     except (KeyError, TypeError, ValueError) as exc:
         raise CaptionerError(f"{directory / VOCAB_FILE}: not a vocabulary ({exc})") from exc
     try:

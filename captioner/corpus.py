@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import numpy as np
 
 from captioner.datasets.raw import SPLITS, read_captions_csv
 from captioner.errors import CaptionerError
+from captioner.jsonfile import read_json
 from captioner.text import Vocabulary, clean_caption
 
 
@@ -29,19 +29,9 @@ def clean_captions(captions_csv: Path, min_words: int) -> tuple[dict[str, list[s
     return cleaned, stats
 
 
-def read_json(path: Path, what: str) -> Any:
-    """Load a JSON file, turning a missing or malformed file into a one-line error."""
-    if not path.is_file():
-        raise CaptionerError(f"{path}: {what} not found (run the earlier stages: `dvc repro`)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CaptionerError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from exc
-
-
 def read_splits(path: Path) -> dict[str, list[str]]:
     """Load splits.json and check that it has the three split lists."""
-    splits = read_json(path, "split file")
+    splits = read_json(path, "split file", "download")
     if not isinstance(splits, dict) or any(not isinstance(splits.get(s), list) for s in SPLITS):
         raise CaptionerError(f"{path}: expected lists under {', '.join(SPLITS)}")
     return splits

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import sys
 import time
@@ -14,10 +13,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from captioner.atomic import atomic_path, write_json, write_text
+from captioner.corpus import read_splits
+from captioner.datasets.raw import SPLITS
 from captioner.errors import CaptionerError
 from captioner.feature_store import FEATURES_FILE, load_features
-
-SPLITS = ("train", "val", "test")
+from captioner.jsonfile import read_json
 
 
 def split_images(splits_path: str | os.PathLike[str], split: str) -> list[str]:
@@ -25,9 +25,7 @@ def split_images(splits_path: str | os.PathLike[str], split: str) -> list[str]:
     splits_path = Path(splits_path)
     if split not in SPLITS:
         raise CaptionerError(f"params.yaml: evaluate.split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if not splits_path.is_file():
-        raise CaptionerError(f"{splits_path}: not found (run `dvc repro download`)")
-    names = json.loads(splits_path.read_text(encoding="utf-8")).get(split) or []
+    names = read_splits(splits_path)[split]
     if not names:
         raise CaptionerError(
             f"{splits_path}: split '{split}' has no images to evaluate (set evaluate.split: val in params.yaml)"
@@ -40,7 +38,7 @@ def caption_features(bundle, features: np.ndarray, beam_size: int, progress: boo
     from tqdm import tqdm
 
     from captioner.decode import CaptionDecoder
-    from captioner.training import prepare_features
+    from captioner.model import prepare_features
 
     feats = prepare_features(features, bundle.decoder_kind, "features")
     decoder = CaptionDecoder(bundle.model, bundle.vocab.max_length)
@@ -114,10 +112,7 @@ def run_evaluate(
     split, beam_size = cfg["split"], int(cfg["beam_size"])
     raw_dir, metrics_dir = Path(raw_dir), Path(metrics_dir)
     names = split_images(raw_dir / "splits.json", split)
-    captions_path = Path(processed_dir) / "captions.json"
-    if not captions_path.is_file():
-        raise CaptionerError(f"{captions_path}: not found (run `dvc repro clean_text`)")
-    references = json.loads(captions_path.read_text(encoding="utf-8"))
+    references = read_json(Path(processed_dir) / "captions.json", "cleaned captions", "clean_text")
     bundle = load_bundle(model_dir)
     feature_names, features, _ = load_features(Path(features_dir) / FEATURES_FILE)
     if tuple(features.shape[1:]) != bundle.feature_shape:

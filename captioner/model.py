@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import keras
+import numpy as np
 from keras import layers, ops
+
+from captioner.errors import CaptionerError
+from captioner.feature_store import pool_grid
 
 DECODERS = ("merge", "inject", "attention")
 _PACKAGE = "captioner"
@@ -123,6 +127,18 @@ def decoder_input_shape(kind: str, feature_shape: Sequence[int]) -> tuple[int, .
             raise ValueError(f"the attention decoder needs grid features (h, w, C), got shape {feature_shape}")
         return feature_shape
     return feature_shape[-1:]
+
+
+def prepare_features(features: np.ndarray, decoder: str, source: str) -> np.ndarray:
+    """Features in the form a decoder takes: grids pooled for merge/inject; attention refuses pooled vectors."""
+    if decoder == "attention":
+        if features.ndim != 4:
+            raise CaptionerError(
+                f"{source}: train.decoder attention needs grid features but these are pooled vectors "
+                f"of shape {features.shape[1:]} (set features.output: grid)"
+            )
+        return features
+    return pool_grid(features)
 
 
 def _make_layers(spec: DecoderSpec) -> dict[str, layers.Layer]:

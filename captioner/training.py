@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -13,7 +12,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from captioner.errors import CaptionerError
-from captioner.feature_store import FEATURES_FILE, load_features, pool_grid
+from captioner.feature_store import FEATURES_FILE, load_features
+from captioner.jsonfile import read_json
 from captioner.text import PAD_ID, Vocabulary
 
 DEFAULT_BEAM_SIZE = 3  # the bundle's decoding default for `captioner predict` (train doesn't read evaluate.*)
@@ -44,33 +44,20 @@ class TrainData:
     val: CaptionSet
 
 
-def prepare_features(features: np.ndarray, decoder: str, source: str) -> np.ndarray:
-    """Features in the form a decoder takes: grids pooled for merge/inject; attention refuses pooled vectors."""
-    if decoder == "attention":
-        if features.ndim != 4:
-            raise CaptionerError(
-                f"{source}: train.decoder attention needs grid features but these are pooled vectors "
-                f"of shape {features.shape[1:]} (set features.output: grid)"
-            )
-        return features
-    return pool_grid(features)
-
-
 def load_train_data(features_dir: str | os.PathLike[str], processed_dir: str | os.PathLike[str], decoder: str) -> TrainData:
     """Read features.h5 + meta.json, vocab.json and sequences.npz; map each caption to its image's feature row."""
+    from captioner.model import prepare_features
+
     features_dir, processed_dir = Path(features_dir), Path(processed_dir)
     names, features, attrs = load_features(features_dir / FEATURES_FILE)
-    meta_path = features_dir / "meta.json"
-    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-    meta = {**attrs, **meta}
+    meta = {**attrs, **read_json(features_dir / "meta.json", "feature metadata", "extract_features")}
     feature_shape = tuple(int(d) for d in features.shape[1:])
     features = prepare_features(features, decoder, str(features_dir / FEATURES_FILE))
 
-    vocab_path, seq_path = processed_dir / "vocab.json", processed_dir / "sequences.npz"
-    for path in (vocab_path, seq_path):
-        if not path.is_file():
-            raise CaptionerError(f"{path}: not found (run `dvc repro tokenize`)")
-    vocab = Vocabulary.from_json(json.loads(vocab_path.read_text(encoding="utf-8")))
+    seq_path = processed_dir / "sequences.npz"
+    if not seq_path.is_file():
+        raise CaptionerError(f"{seq_path}: not found (run `dvc repro tokenize`)")
+    vocab = Vocabulary.from_json(read_json(processed_dir / "vocab.json", "vocabulary", "tokenize"))
     row_of = {name: i for i, name in enumerate(names)}
     with np.load(seq_path, allow_pickle=False) as seq:
         seq_names = [str(n) for n in seq["names"]]

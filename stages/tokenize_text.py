@@ -5,14 +5,15 @@ from pathlib import Path
 import numpy as np
 
 from captioner.atomic import atomic_path, write_json
-from captioner.corpus import read_json, read_splits, tokenize
+from captioner.corpus import read_splits, tokenize
+from captioner.jsonfile import read_json
 from captioner.params import load_params
 from captioner.stage import run_main
 
 
 def main() -> None:
     params = load_params()["tokenize"]
-    captions = read_json(Path("data/processed/captions.json"), "cleaned captions")
+    captions = read_json(Path("data/processed/captions.json"), "cleaned captions", "clean_text")
     splits = read_splits(Path("data/raw/splits.json"))
     vocab, arrays = tokenize(captions, splits, params["min_count"], params["max_length_percentile"])
     out = Path("data/processed")
