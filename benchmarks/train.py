@@ -42,7 +42,8 @@ def synthetic(seed: int = 0):
     vocab = Vocabulary(tokens=("<pad>", "<unk>", "<start>", "<end>", *(f"w{i}" for i in range(VOCAB - 4))),
                        max_length=MAX_LENGTH)
     empty = CaptionSet(np.zeros(0, dtype=np.int64), np.zeros((0, MAX_LENGTH), dtype=np.int32))
-    return TrainData(features, (FEATURE_DIM,), {}, vocab, CaptionSet(rows, tokens), empty)
+    names = [f"image{i}" for i in range(N_IMAGES)]
+    return TrainData(features, names, (FEATURE_DIM,), {}, vocab, CaptionSet(rows, tokens), empty)
 
 
 def load(data_root: str | None):

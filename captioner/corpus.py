@@ -37,6 +37,14 @@ def read_splits(path: Path) -> dict[str, list[str]]:
     return splits
 
 
+def read_captions(path: Path) -> dict[str, list[str]]:
+    """Load captions.json (clean_text's output): image name -> its cleaned captions."""
+    captions = read_json(path, "cleaned captions", "clean_text")
+    if not isinstance(captions, dict) or any(not isinstance(c, list) for c in captions.values()):
+        raise CaptionerError(f"{path}: expected an object mapping image names to lists of captions")
+    return captions
+
+
 def tokenize(
     captions: dict[str, list[str]], splits: dict[str, list[str]], min_count: int, max_length_percentile: float
 ) -> tuple[Vocabulary, dict[str, np.ndarray]]:

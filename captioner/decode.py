@@ -30,7 +30,7 @@ class CaptionDecoder:
 
     def _start(self, images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
         """Run `init` and the first word step: (masked log p (B, V), context, h, c)."""
-        h, c, *context = (t.numpy() for t in self._init(images.astype(np.float32, copy=False)))
+        h, c, *context = (np.asarray(t) for t in self._init(images.astype(np.float32, copy=False)))
         tokens = np.full((len(images), 1), START_ID, dtype=np.int32)
         log_probs, h, c = self.step(tokens, h, c, context)
         return log_probs, context, h, c
@@ -38,9 +38,9 @@ class CaptionDecoder:
     def step(self, tokens: np.ndarray, h: np.ndarray, c: np.ndarray, context: list[np.ndarray]):
         """One decoding step for N rows: (log p (N, V) with pad/start/unk banned, new h, new c)."""
         log_probs, h, c = self._step([tokens.reshape(-1, 1).astype(np.int32), h, c, *context])
-        log_probs = log_probs.numpy()
+        log_probs = np.array(log_probs)
         log_probs[:, _BANNED] = _NEG
-        return log_probs, h.numpy(), c.numpy()
+        return log_probs, np.asarray(h), np.asarray(c)
 
     def _chunks(self, features: np.ndarray) -> Iterator[np.ndarray]:
         for start in range(0, len(features), self.chunk_images):
@@ -63,6 +63,27 @@ class CaptionDecoder:
                     break
             out.extend(_strip(row) for row in seqs)
         return out
+
+    def sample(self, features: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+        """Draw k captions per image word by word from the model (Gumbel-max): (n*k, steps) ids, <end> kept, 0-padded.
+
+        Rows i*k .. i*k+k-1 belong to image i. Used by self-critical training, which needs the model's own samples.
+        """
+        log_probs, context, h, c = self._start(features)
+        log_probs = np.repeat(log_probs, k, axis=0)
+        h, c = np.repeat(h, k, axis=0), np.repeat(c, k, axis=0)
+        context = [np.repeat(x, k, axis=0) for x in context]
+        seqs = np.zeros((len(log_probs), self.max_steps), dtype=np.int32)
+        done = np.zeros(len(log_probs), dtype=bool)
+        for t in range(self.max_steps):
+            if t:
+                log_probs, h, c = self.step(seqs[:, t - 1], h, c, context)
+            token = (log_probs + rng.gumbel(size=log_probs.shape).astype(np.float32)).argmax(axis=1)
+            seqs[:, t] = np.where(done, PAD_ID, token)
+            done |= token == END_ID
+            if done.all():
+                break
+        return seqs
 
     def beam(
         self,

@@ -13,11 +13,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from captioner.atomic import atomic_path, write_json, write_text
-from captioner.corpus import read_splits
+from captioner.corpus import read_captions, read_splits
 from captioner.datasets.raw import SPLITS
 from captioner.errors import CaptionerError
 from captioner.feature_store import FEATURES_FILE, load_features
-from captioner.jsonfile import read_json
 
 
 def split_images(splits_path: str | os.PathLike[str], split: str) -> list[str]:
@@ -112,7 +111,7 @@ def run_evaluate(
     split, beam_size = cfg["split"], int(cfg["beam_size"])
     raw_dir, metrics_dir = Path(raw_dir), Path(metrics_dir)
     names = split_images(raw_dir / "splits.json", split)
-    references = read_json(Path(processed_dir) / "captions.json", "cleaned captions", "clean_text")
+    references = read_captions(Path(processed_dir) / "captions.json")
     bundle = load_bundle(model_dir)
     feature_names, features, _ = load_features(Path(features_dir) / FEATURES_FILE)
     if tuple(features.shape[1:]) != bundle.feature_shape:

@@ -29,7 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "text": {"min_words": 1},
     "tokenize": {"min_count": 5, "max_length_percentile": 99},
     "train": {
-        "decoder": "merge",
+        "decoder": "inject",
         "embedding_dim": 256,
         "units": 512,
         "dropout": 0.5,
@@ -37,7 +37,12 @@ DEFAULTS: dict[str, Any] = {
         "epochs": 30,
         "learning_rate": 0.001,
         "patience": 3,
-        "max_minutes": 20,
+        "scst_epochs": 3,
+        "scst_learning_rate": 0.0001,
+        "scst_samples": 5,
+        "scst_batch_images": 32,
+        "scst_minutes": 9.0,
+        "max_minutes": 24.0,
     },
     "evaluate": {"split": "test", "beam_size": 3, "figure_images": 8},
 }

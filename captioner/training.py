@@ -37,6 +37,7 @@ class TrainData:
     """Everything training needs: one feature row per image (never duplicated per caption) and the splits."""
 
     features: np.ndarray
+    image_names: list[str]  # image of each feature row
     feature_shape: tuple[int, ...]  # as extracted (grid shape even when pooled for merge/inject)
     feature_meta: dict[str, Any]
     vocab: Vocabulary
@@ -72,7 +73,7 @@ def load_train_data(features_dir: str | os.PathLike[str], processed_dir: str | o
             splits[split] = CaptionSet(image_rows[keep], seq[key_tok][keep].astype(np.int32))
     if not len(splits["train"]):
         raise CaptionerError(f"{seq_path}: no train captions with features in {features_dir / FEATURES_FILE}")
-    return TrainData(features, feature_shape, meta, vocab, splits["train"], splits["val"])
+    return TrainData(features, list(names), feature_shape, meta, vocab, splits["train"], splits["val"])
 
 
 def caption_lengths(tokens: np.ndarray) -> np.ndarray:
@@ -256,10 +257,38 @@ def run_train(
     """The train stage: fit on the pipeline's outputs, write the bundle and metrics/train.json; return the metrics."""
     from captioner.atomic import write_json
     from captioner.bundle import make_config, save_bundle
+    from captioner.corpus import read_captions
 
     train_params = params["train"]
+    start = time.monotonic()
+    if train_params["scst_epochs"] > 0 and train_params["scst_samples"] < 2:
+        raise CaptionerError("params.yaml: train.scst_samples must be at least 2 (each sample's baseline is the others)")
+    if train_params["scst_epochs"] > 0 and train_params["scst_minutes"] >= train_params["max_minutes"]:
+        raise CaptionerError("params.yaml: train.scst_minutes must be less than train.max_minutes")
     data = load_train_data(features_dir, processed_dir, train_params["decoder"])
-    model, summary = fit_decoder(data, train_params, params["seed"], live_dir=live_dir, verbose=verbose)
+    self_critical_on = train_params["scst_epochs"] > 0
+    xe_params = dict(train_params)
+    if self_critical_on:
+        captions = read_captions(Path(processed_dir) / "captions.json")
+        references = [captions.get(name, []) for name in data.image_names]
+        xe_params["max_minutes"] = max(train_params["max_minutes"] - train_params["scst_minutes"], 0.0)
+    model, summary = fit_decoder(data, xe_params, params["seed"], live_dir=live_dir, verbose=verbose)
+    if self_critical_on:
+        from captioner.scst import image_set, self_critical
+
+        summary.update(
+            self_critical(
+                model,
+                data.features,
+                data.vocab,
+                image_set(data.train.image_rows, references),
+                image_set(data.val.image_rows, references),
+                train_params,
+                params["seed"],
+                deadline=start + train_params["max_minutes"] * 60.0,
+            )
+        )
+    summary["total_seconds"] = round(time.monotonic() - start, 1)
     meta = data.feature_meta
     encoder = {
         "name": meta.get("encoder"),

@@ -15,6 +15,12 @@ def main() -> None:
         f"stopped by {summary['stopped_by']}) in {summary['wall_seconds']:.0f} s, "
         f"{summary['captions_per_second']} captions/s"
     )
+    if "scst_epochs_run" in summary:
+        print(
+            f"self-critical: {summary['scst_epochs_run']} epochs in {summary['scst_seconds']:.0f} s, greedy val "
+            f"CIDEr-D {summary['scst_start_val_cider']} -> {summary['scst_val_cider']} (kept epoch {summary['scst_best_epoch']})"
+        )
+    print(f"train stage: {summary['total_seconds']:.0f} s in all")
 
 
 if __name__ == "__main__":
