@@ -245,6 +245,14 @@ def fit_decoder(
     return model, summary
 
 
+def _check_self_critical(train_params: dict[str, Any]) -> None:
+    """Refuse self-critical settings that cannot work, before any data is loaded."""
+    if train_params["scst_samples"] < 2:
+        raise CaptionerError("params.yaml: train.scst_samples must be at least 2 (each sample's baseline is the others)")
+    if train_params["scst_minutes"] >= train_params["max_minutes"]:
+        raise CaptionerError("params.yaml: train.scst_minutes must be less than train.max_minutes")
+
+
 def run_train(
     params: dict[str, Any],
     features_dir: str | os.PathLike[str] = "data/features",
@@ -261,12 +269,10 @@ def run_train(
 
     train_params = params["train"]
     start = time.monotonic()
-    if train_params["scst_epochs"] > 0 and train_params["scst_samples"] < 2:
-        raise CaptionerError("params.yaml: train.scst_samples must be at least 2 (each sample's baseline is the others)")
-    if train_params["scst_epochs"] > 0 and train_params["scst_minutes"] >= train_params["max_minutes"]:
-        raise CaptionerError("params.yaml: train.scst_minutes must be less than train.max_minutes")
-    data = load_train_data(features_dir, processed_dir, train_params["decoder"])
     self_critical_on = train_params["scst_epochs"] > 0
+    if self_critical_on:
+        _check_self_critical(train_params)
+    data = load_train_data(features_dir, processed_dir, train_params["decoder"])
     xe_params = dict(train_params)
     if self_critical_on:
         captions = read_captions(Path(processed_dir) / "captions.json")
