@@ -23,13 +23,13 @@ DEFAULTS: dict[str, Any] = {
     "features": {
         "encoder": "efficientnet_lite0",
         "weights": "imagenet",
-        "output": "pooled",
+        "output": "grid",
         "batch_size": 32,
     },
     "text": {"min_words": 1},
     "tokenize": {"min_count": 5, "max_length_percentile": 99},
     "train": {
-        "decoder": "inject",
+        "decoder": "attention",
         "embedding_dim": 256,
         "units": 512,
         "dropout": 0.5,

@@ -8,6 +8,7 @@ metric directly instead of next-word likelihood; the weights with the best greed
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -72,8 +73,8 @@ def self_critical(
 ) -> dict[str, Any]:
     """Fine-tune `model` in place for `params['scst_epochs']` epochs or until time.monotonic() passes `deadline`.
 
-    Keeps the weights with the best greedy val CIDEr-D (the cross-entropy weights if no epoch beats them)
-    and returns a summary for metrics/train.json.
+    Stops after the first epoch that does not raise greedy val CIDEr-D, keeps the weights with the best
+    (the cross-entropy weights if no epoch beats them) and returns a summary for metrics/train.json.
     """
     import keras
 
@@ -112,6 +113,9 @@ def self_critical(
         log(f"self-critical epoch {epoch + 1}: mean sample CIDEr-D {np.mean(rewards_seen):.3f}, val CIDEr-D {score:.3f}")
         if not score <= best:  # also takes the first epoch when there is no val split (nan)
             best, best_weights, best_epoch = score, model.get_weights(), epoch + 1
+        elif not math.isnan(score):  # an epoch that loses val CIDEr-D: later ones only drifted further (measured)
+            log(f"self-critical: val CIDEr-D fell below its best {best:.3f}; stopping")
+            break
         if time.monotonic() > deadline:
             break
     model.set_weights(best_weights)

@@ -85,11 +85,14 @@ def test_self_critical_keeps_the_best_val_cider_and_writes_its_summary(problem):
     params = small_params("inject", epochs=4, scst_epochs=3, scst_learning_rate=0.003, scst_samples=4,
                           scst_batch_images=16, scst_minutes=2.0)
     summary = train(problem, params)
-    assert summary["scst_epochs_run"] == 3
-    assert len(summary["scst_val_cider"]) == 3 and len(summary["scst_train_reward"]) == 3
+    run = summary["scst_epochs_run"]
+    assert 1 <= run <= 3
+    assert len(summary["scst_val_cider"]) == run and len(summary["scst_train_reward"]) == run
     best = summary["scst_best_epoch"]
     scores = [summary["scst_start_val_cider"], *summary["scst_val_cider"]]
     assert scores[best] == max(scores)
+    if run < 3:  # it stopped early only because the last epoch lost val CIDEr-D
+        assert scores[-1] <= max(scores[:-1])
     assert json.loads((problem / "metrics/train.json").read_text()) == summary
 
     from captioner.bundle import load_bundle
