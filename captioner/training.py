@@ -277,7 +277,7 @@ def run_train(
     if self_critical_on:
         captions = read_captions(Path(processed_dir) / "captions.json")
         references = [captions.get(name, []) for name in data.image_names]
-        xe_params["max_minutes"] = max(train_params["max_minutes"] - train_params["scst_minutes"], 0.0)
+        xe_params["max_minutes"] = train_params["max_minutes"] - train_params["scst_minutes"]
     model, summary = fit_decoder(data, xe_params, params["seed"], live_dir=live_dir, verbose=verbose)
     if self_critical_on:
         from captioner.scst import image_set, self_critical
