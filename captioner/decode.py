@@ -50,18 +50,7 @@ class CaptionDecoder:
         """Most likely next word at every step (plain argmax loop); token ids per image, without <end>."""
         out: list[list[int]] = []
         for chunk in self._chunks(features):
-            log_probs, context, h, c = self._start(chunk)
-            seqs = np.zeros((len(chunk), 0), dtype=np.int32)
-            done = np.zeros(len(chunk), dtype=bool)
-            for t in range(self.max_steps):
-                if t:
-                    log_probs, h, c = self.step(seqs[:, -1], h, c, context)
-                token = np.where(done, PAD_ID, log_probs.argmax(axis=1)).astype(np.int32)
-                seqs = np.concatenate([seqs, token[:, None]], axis=1)
-                done |= token == END_ID
-                if done.all():
-                    break
-            out.extend(_strip(row) for row in seqs)
+            out.extend(_strip(row) for row in self._rollout(chunk, 1, lambda log_probs: log_probs.argmax(axis=1)))
         return out
 
     def sample(self, features: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -69,16 +58,26 @@ class CaptionDecoder:
 
         Rows i*k .. i*k+k-1 belong to image i. Used by self-critical training, which needs the model's own samples.
         """
-        log_probs, context, h, c = self._start(features)
+
+        def draw(log_probs: np.ndarray) -> np.ndarray:
+            return (log_probs + rng.gumbel(size=log_probs.shape).astype(np.float32)).argmax(axis=1)
+
+        return self._rollout(features, k, draw)
+
+    def _rollout(self, images: np.ndarray, k: int, pick: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Decode k rows per image, each row's next token chosen by `pick(log p (N, V))`, until every row ends.
+
+        Returns (n*k, steps) ids with <end> kept and pad after it; rows i*k .. i*k+k-1 belong to image i.
+        """
+        log_probs, context, h, c = self._start(images)
         log_probs = np.repeat(log_probs, k, axis=0)
-        h, c = np.repeat(h, k, axis=0), np.repeat(c, k, axis=0)
-        context = [np.repeat(x, k, axis=0) for x in context]
+        h, c, context = _repeat_state(k, h, c, context)
         seqs = np.zeros((len(log_probs), self.max_steps), dtype=np.int32)
         done = np.zeros(len(log_probs), dtype=bool)
         for t in range(self.max_steps):
             if t:
                 log_probs, h, c = self.step(seqs[:, t - 1], h, c, context)
-            token = (log_probs + rng.gumbel(size=log_probs.shape).astype(np.float32)).argmax(axis=1)
+            token = pick(log_probs)
             seqs[:, t] = np.where(done, PAD_ID, token)
             done |= token == END_ID
             if done.all():
@@ -108,8 +107,7 @@ class CaptionDecoder:
         first = np.argsort(-log_probs, axis=1, kind="stable")[:, :k]  # (n, k)
         scores = np.take_along_axis(log_probs, first, axis=1).reshape(-1)  # (n*k,)
         seqs = first.reshape(-1, 1).astype(np.int32)
-        h, c = np.repeat(h, k, axis=0), np.repeat(c, k, axis=0)
-        context = [np.repeat(x, k, axis=0) for x in context]
+        h, c, context = _repeat_state(k, h, c, context)
         done = seqs[:, 0] == END_ID
         lengths = np.ones(n * k, dtype=np.float32)
         for _ in range(1, self.max_steps):
@@ -130,6 +128,11 @@ class CaptionDecoder:
         normed = (scores / lengths**alpha).reshape(n, k)
         pick = np.arange(n) * k + normed.argmax(axis=1)
         return [_strip(seqs[row]) for row in pick]
+
+
+def _repeat_state(k: int, h: np.ndarray, c: np.ndarray, context: list[np.ndarray]):
+    """Each image's LSTM state and context repeated k times (rows i*k .. i*k+k-1), for beams or samples."""
+    return np.repeat(h, k, axis=0), np.repeat(c, k, axis=0), [np.repeat(x, k, axis=0) for x in context]
 
 
 def _signature(tensor):

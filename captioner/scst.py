@@ -87,7 +87,11 @@ def self_critical(
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
     model.compile(optimizer=keras.optimizers.Adam(params["scst_learning_rate"]), loss=loss)
     start = time.monotonic()
-    score = val_cider(decoder, features, val, vocab) if len(val.rows) else float("nan")
+
+    def score_val() -> float:
+        return val_cider(decoder, features, val, vocab) if len(val.rows) else float("nan")
+
+    score = score_val()
     history = {"start_val_cider": round(score, 4), "val_cider": [], "train_reward": []}
     best, best_weights, best_epoch, epochs_run = score, model.get_weights(), 0, 0
     for epoch in range(int(params["scst_epochs"])):
@@ -107,7 +111,7 @@ def self_critical(
         if not rewards_seen:
             break
         epochs_run = epoch + 1
-        score = val_cider(decoder, features, val, vocab) if len(val.rows) else float("nan")
+        score = score_val()
         history["val_cider"].append(round(score, 4))
         history["train_reward"].append(round(float(np.mean(rewards_seen)), 4))
         log(f"self-critical epoch {epoch + 1}: mean sample CIDEr-D {np.mean(rewards_seen):.3f}, val CIDEr-D {score:.3f}")
