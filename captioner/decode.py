@@ -9,7 +9,7 @@ import numpy as np
 from captioner.model import StepModels, step_models
 from captioner.text import END_ID, PAD_ID, START_ID, UNK_ID
 
-_BANNED = (PAD_ID, START_ID, UNK_ID)
+BANNED_IDS = (PAD_ID, START_ID, UNK_ID)
 _NEG = np.float32(-1e9)
 
 
@@ -27,6 +27,15 @@ class CaptionDecoder:
         self._step = tf.function(
             lambda args: step(args, training=False), input_signature=[[_signature(t) for t in step.inputs]]
         )
+        self._rollout_graph = tf.function(
+            self._rollout_fn,
+            input_signature=[
+                _signature(init.inputs[0]),
+                tf.TensorSpec((), tf.int32),
+                tf.TensorSpec((2,), tf.int32),
+                tf.TensorSpec((), tf.bool),
+            ],
+        )
 
     def _start(self, images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
         """Run `init` and the first word step: (masked log p (B, V), context, h, c)."""
@@ -37,9 +46,9 @@ class CaptionDecoder:
 
     def step(self, tokens: np.ndarray, h: np.ndarray, c: np.ndarray, context: list[np.ndarray]):
         """One decoding step for N rows: (log p (N, V) with pad/start/unk banned, new h, new c)."""
-        log_probs, h, c = self._step([tokens.reshape(-1, 1).astype(np.int32), h, c, *context])
+        log_probs, h, c = self._step([tokens.reshape(-1, 1).astype(np.int32), h, c, *context])[:3]
         log_probs = np.array(log_probs)
-        log_probs[:, _BANNED] = _NEG
+        log_probs[:, BANNED_IDS] = _NEG
         return log_probs, np.asarray(h), np.asarray(c)
 
     def _chunks(self, features: np.ndarray) -> Iterator[np.ndarray]:
@@ -47,42 +56,61 @@ class CaptionDecoder:
             yield features[start : start + self.chunk_images]
 
     def greedy(self, features: np.ndarray) -> list[list[int]]:
-        """Most likely next word at every step (plain argmax loop); token ids per image, without <end>."""
+        """Most likely next word at every step (argmax); token ids per image, without <end>."""
         out: list[list[int]] = []
         for chunk in self._chunks(features):
-            out.extend(_strip(row) for row in self._rollout(chunk, 1, lambda log_probs: log_probs.argmax(axis=1)))
+            out.extend(_strip(row) for row in self._rollout(chunk, 1, None))
         return out
 
     def sample(self, features: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
         """Draw k captions per image word by word from the model (Gumbel-max): (n*k, steps) ids, <end> kept, 0-padded.
 
-        Rows i*k .. i*k+k-1 belong to image i. Used by self-critical training, which needs the model's own samples.
+        Rows i*k .. i*k+k-1 belong to image i. Used by self-critical training, which needs the model's own samples;
+        the whole loop runs in one TensorFlow graph, seeded from `rng`.
         """
+        return self._rollout(features, k, rng.integers(0, 2**31 - 1, size=2).astype(np.int32))
 
-        def draw(log_probs: np.ndarray) -> np.ndarray:
-            return (log_probs + rng.gumbel(size=log_probs.shape).astype(np.float32)).argmax(axis=1)
+    def _rollout(self, images: np.ndarray, k: int, seed: np.ndarray | None) -> np.ndarray:
+        """Decode k rows per image (argmax, or Gumbel-max sampling when seeded): (n*k, max_steps) ids, <end> kept."""
+        import tensorflow as tf
 
-        return self._rollout(features, k, draw)
+        stochastic = seed is not None
+        seed = np.zeros(2, dtype=np.int32) if seed is None else seed
+        seqs = self._rollout_graph(
+            tf.convert_to_tensor(images, tf.float32), tf.constant(k, tf.int32), tf.constant(seed), tf.constant(stochastic)
+        )
+        return np.asarray(seqs)
 
-    def _rollout(self, images: np.ndarray, k: int, pick: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """Decode k rows per image, each row's next token chosen by `pick(log p (N, V))`, until every row ends.
+    def _rollout_fn(self, images, k, seed, stochastic):
+        """The rollout as a graph: `init` once per image, then `step` per word until every row has ended."""
+        import tensorflow as tf
 
-        Returns (n*k, steps) ids with <end> kept and pad after it; rows i*k .. i*k+k-1 belong to image i.
-        """
-        log_probs, context, h, c = self._start(images)
-        log_probs = np.repeat(log_probs, k, axis=0)
-        h, c, context = _repeat_state(k, h, c, context)
-        seqs = np.zeros((len(log_probs), self.max_steps), dtype=np.int32)
-        done = np.zeros(len(log_probs), dtype=bool)
-        for t in range(self.max_steps):
-            if t:
-                log_probs, h, c = self.step(seqs[:, t - 1], h, c, context)
-            token = pick(log_probs)
-            seqs[:, t] = np.where(done, PAD_ID, token)
-            done |= token == END_ID
-            if done.all():
+        h, c, *context = self.models.init(images, training=False)
+        h, c = tf.repeat(tf.cast(h, tf.float32), k, axis=0), tf.repeat(tf.cast(c, tf.float32), k, axis=0)
+        context = [tf.repeat(x, k, axis=0) for x in context]
+        rows = tf.shape(h)[0]
+        banned = np.zeros(self.models.vocab_size, dtype=np.float32)
+        banned[list(BANNED_IDS)] = _NEG
+        token = tf.fill([rows, 1], START_ID)
+        done = tf.zeros([rows], tf.bool)
+        out = tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=tf.TensorShape([None]))
+        for t in tf.range(self.max_steps):
+            log_probs, h, c = self.models.step([token, h, c, *context], training=False)[:3]
+            h, c = tf.cast(h, tf.float32), tf.cast(c, tf.float32)
+            scores = tf.cast(log_probs, tf.float32) + banned
+            if stochastic:
+                uniform = tf.random.stateless_uniform(
+                    tf.shape(scores), seed=tf.random.experimental.stateless_fold_in(seed, t), minval=1e-20, maxval=1.0
+                )
+                scores += -tf.math.log(-tf.math.log(uniform))
+            picked = tf.where(done, PAD_ID, tf.argmax(scores, axis=1, output_type=tf.int32))
+            out = out.write(t, picked)
+            done = done | tf.equal(picked, END_ID)
+            token = picked[:, None]
+            if tf.reduce_all(done):
                 break
-        return seqs
+        seqs = tf.transpose(out.stack())
+        return tf.pad(seqs, [[0, 0], [0, self.max_steps - tf.shape(seqs)[1]]])
 
     def beam(
         self,
@@ -103,7 +131,7 @@ class CaptionDecoder:
         n = len(images)
         log_probs, context, h, c = self._start(images)
         vocab = log_probs.shape[1]
-        k = min(k, vocab - len(_BANNED))
+        k = min(k, vocab - len(BANNED_IDS))
         first = np.argsort(-log_probs, axis=1, kind="stable")[:, :k]  # (n, k)
         scores = np.take_along_axis(log_probs, first, axis=1).reshape(-1)  # (n*k,)
         seqs = first.reshape(-1, 1).astype(np.int32)
@@ -148,7 +176,7 @@ def _strip(ids: np.ndarray) -> list[int]:
     for i in ids.tolist():
         if i == END_ID:
             break
-        if i not in _BANNED:
+        if i not in BANNED_IDS:
             out.append(int(i))
     return out
 

@@ -1,14 +1,19 @@
 """Decoder architectures (merge, inject, attention) as Keras 3 functional models.
 
-One set of named layers serves two graphs: the training model (image, whole input sequence) ->
+One set of named layers serves two graphs: the training model (images, whole input sequences) ->
 logits over every position (teacher forcing, one forward pass per caption), and a pair of decoding
 models rebuilt from the same layers: `init` (image -> LSTM state + per-image context, run once) and
 `step` (previous token + state + context -> log-probabilities + new state, run once per word), so beam
 search never recomputes a prefix. Only the training model is saved (.keras, loads with safe_mode).
+
+The training model takes B images and B*K captions (rows i*K .. i*K+K-1 caption image i, K = 1 or
+more): the image side (grid projections, keys, initial state) runs once per image and is repeated
+per caption, so grouping an image's captions in one batch makes that work K times cheaper.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -18,6 +23,7 @@ from keras import layers, ops
 
 from captioner.errors import CaptionerError
 from captioner.feature_store import pool_grid
+from captioner.text import PAD_ID
 
 DECODERS = ("merge", "inject", "attention")
 _PACKAGE = "captioner"
@@ -70,41 +76,60 @@ class ZeroState(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class SpatialAttention(layers.Layer):
-    """Soft attention over grid cells: per query h_t, alpha = softmax(w . tanh(K + W h_t)), context = alpha V.
+class RepeatRows(layers.Layer):
+    """Repeat each image's row K times, K = captions // images, so rows line up with the captions (B*K, T)."""
 
-    Inputs: queries (B, T, U), keys (B, L, A) (projected once per image), values (B, L, D).
-    Returns the context (B, T, D); the query is the LSTM output at step t (Lu et al. 2017's spatial
-    attention), so training attends at every position in one batched pass.
+    def call(self, inputs):
+        per_image, captions = inputs
+        repeats = ops.shape(captions)[0] // ops.shape(per_image)[0]
+        return ops.repeat(per_image, repeats, axis=0)
+
+    def compute_output_shape(self, input_shapes):
+        per_image, captions = input_shapes
+        return (captions[0], *per_image[1:])
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class GridAttention(layers.Layer):
+    """Multi-head scaled dot-product attention of each word's LSTM output over the grid cells.
+
+    Inputs: queries (B, T, U), keys (B, L, A) and values (B, L, D), both projected once per image; A and D
+    split into `heads` equal parts. Returns the context (B, T, D) and the weights (B, T, L) averaged over
+    heads (the picture of where each word looked). Every position attends independently, so training attends at all T
+    positions in one batched matmul instead of a (B, T, L, A) additive-attention tensor.
     """
 
-    def __init__(self, attention_dim: int, **kwargs):
+    def __init__(self, heads: int = 8, **kwargs):
         super().__init__(**kwargs)
-        self.attention_dim = attention_dim
+        self.heads = int(heads)
 
     def build(self, input_shapes):
-        query_shape = input_shapes[0]
+        query_shape, key_shape, value_shape = input_shapes
+        for dim, what in ((key_shape[-1], "key"), (value_shape[-1], "value")):
+            if dim % self.heads:
+                raise ValueError(f"{what} size {dim} is not divisible by {self.heads} attention heads")
         self.query_kernel = self.add_weight(
-            name="query_kernel", shape=(query_shape[-1], self.attention_dim), initializer="glorot_uniform"
+            name="query_kernel", shape=(query_shape[-1], key_shape[-1]), initializer="glorot_uniform"
         )
-        self.score_kernel = self.add_weight(
-            name="score_kernel", shape=(self.attention_dim,), initializer="glorot_uniform"
-        )
+
+    def _split(self, x):
+        """(B, N, H*d) -> (B, H, N, d)."""
+        b, n = ops.shape(x)[0], ops.shape(x)[1]
+        return ops.transpose(ops.reshape(x, (b, n, self.heads, x.shape[-1] // self.heads)), (0, 2, 1, 3))
 
     def call(self, inputs):
         queries, keys, values = inputs
-        q = ops.matmul(queries, self.query_kernel)  # (B, T, A)
-        hidden = ops.tanh(ops.expand_dims(q, 2) + ops.expand_dims(keys, 1))  # (B, T, L, A)
-        scores = ops.tensordot(hidden, self.score_kernel, axes=[[3], [0]])  # (B, T, L)
-        alpha = ops.softmax(scores, axis=-1)
-        return ops.matmul(alpha, values)  # (B, T, D)
-
-    def compute_output_shape(self, input_shapes):
-        queries, _, values = input_shapes
-        return (*queries[:-1], values[-1])
+        q = self._split(ops.matmul(queries, self.query_kernel))  # (B, H, T, d)
+        k, v = self._split(keys), self._split(values)  # (B, H, L, d)
+        scale = ops.cast(1.0 / math.sqrt(keys.shape[-1] // self.heads), q.dtype)
+        alpha = ops.softmax(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * scale, axis=-1)  # (B, H, T, L)
+        context = ops.transpose(ops.matmul(alpha, v), (0, 2, 1, 3))  # (B, T, H, d)
+        b, t = ops.shape(queries)[0], ops.shape(queries)[1]
+        context = ops.reshape(context, (b, t, values.shape[-1]))
+        return context, ops.mean(alpha, axis=1)
 
     def get_config(self):
-        return {**super().get_config(), "attention_dim": self.attention_dim}
+        return {**super().get_config(), "heads": self.heads}
 
 
 @dataclass(frozen=True)
@@ -117,6 +142,7 @@ class DecoderSpec:
     embedding_dim: int
     units: int
     dropout: float
+    heads: int = 8  # attention heads (attention decoder only)
 
 
 def decoder_input_shape(kind: str, feature_shape: Sequence[int]) -> tuple[int, ...]:
@@ -141,45 +167,50 @@ def prepare_features(features: np.ndarray, decoder: str, source: str) -> np.ndar
     return pool_grid(features)
 
 
-def _make_layers(spec: DecoderSpec) -> dict[str, layers.Layer]:
-    """Create every named layer of a decoder once, so the training and decoding graphs share weights."""
+def _make_layers(spec: DecoderSpec, dtype: str) -> dict[str, layers.Layer]:
+    """Create every named layer of a decoder once, so the training and decoding graphs share weights.
+
+    `dtype` is a Keras dtype policy ("float32" or "mixed_bfloat16"); the logits always leave in float32.
+    """
     u, e, v, p = spec.units, spec.embedding_dim, spec.vocab_size, spec.dropout
     made: dict[str, layers.Layer] = {
-        "embedding": layers.Embedding(v, e, name="embedding"),
-        "embedding_dropout": layers.Dropout(p, name="embedding_dropout"),
-        "image_dropout": layers.Dropout(p, name="image_dropout"),
-        "lstm": layers.LSTM(u, return_sequences=True, return_state=True, name="lstm"),
-        "output_dropout": layers.Dropout(p, name="output_dropout"),
-        "logits": layers.Dense(v, name="logits"),
+        "embedding": layers.Embedding(v, e, name="embedding", dtype=dtype),
+        "embedding_dropout": layers.Dropout(p, name="embedding_dropout", dtype=dtype),
+        "image_dropout": layers.Dropout(p, name="image_dropout", dtype=dtype),
+        "lstm": layers.LSTM(u, return_sequences=True, return_state=True, name="lstm", dtype=dtype),
+        "output_dropout": layers.Dropout(p, name="output_dropout", dtype=dtype),
+        "logits": layers.Dense(v, name="logits", dtype=dtype),
+        "logits_float32": layers.Activation("linear", name="logits_float32", dtype="float32"),
+        "per_caption": RepeatRows(name="per_caption", dtype=dtype),
     }
     if spec.kind == "merge":
-        made["image_proj"] = layers.Dense(u, activation="relu", name="image_proj")
-        made["zero_state"] = ZeroState(u, name="zero_state")
-        made["merge"] = JoinVector("add", name="merge")
-        made["hidden"] = layers.Dense(u, activation="relu", name="hidden")
+        made["image_proj"] = layers.Dense(u, activation="relu", name="image_proj", dtype=dtype)
+        made["zero_state"] = ZeroState(u, name="zero_state", dtype=dtype)
+        made["merge"] = JoinVector("add", name="merge", dtype=dtype)
+        made["hidden"] = layers.Dense(u, activation="relu", name="hidden", dtype=dtype)
     elif spec.kind == "inject":
-        made["init_h"] = layers.Dense(u, activation="tanh", name="init_h")
-        made["init_c"] = layers.Dense(u, activation="tanh", name="init_c")
+        made["init_h"] = layers.Dense(u, activation="tanh", name="init_h", dtype=dtype)
+        made["init_c"] = layers.Dense(u, activation="tanh", name="init_c", dtype=dtype)
     elif spec.kind == "attention":
         h, w, _ = spec.feature_shape
-        made["flatten_grid"] = layers.Reshape((h * w, spec.feature_shape[-1]), name="flatten_grid")
-        made["grid_values"] = layers.Dense(u, activation="relu", name="grid_values")
-        made["grid_keys"] = layers.Dense(u, use_bias=False, name="grid_keys")
-        made["grid_mean"] = layers.GlobalAveragePooling1D(name="grid_mean")
-        made["global_proj"] = layers.Dense(e, activation="relu", name="global_proj")
-        made["init_h"] = layers.Dense(u, activation="tanh", name="init_h")
-        made["init_c"] = layers.Dense(u, activation="tanh", name="init_c")
-        made["word_image"] = JoinVector("concat", name="word_image")
-        made["attend"] = SpatialAttention(u, name="attend")
-        made["merge"] = layers.Add(name="merge")
-        made["hidden"] = layers.Dense(u, activation="relu", name="hidden")
+        made["flatten_grid"] = layers.Reshape((h * w, spec.feature_shape[-1]), name="flatten_grid", dtype=dtype)
+        made["grid_values"] = layers.Dense(u, activation="relu", name="grid_values", dtype=dtype)
+        made["grid_keys"] = layers.Dense(u, use_bias=False, name="grid_keys", dtype=dtype)
+        made["grid_mean"] = layers.GlobalAveragePooling1D(name="grid_mean", dtype=dtype)
+        made["global_proj"] = layers.Dense(e, activation="relu", name="global_proj", dtype=dtype)
+        made["init_h"] = layers.Dense(u, activation="tanh", name="init_h", dtype=dtype)
+        made["init_c"] = layers.Dense(u, activation="tanh", name="init_c", dtype=dtype)
+        made["word_image"] = JoinVector("concat", name="word_image", dtype=dtype)
+        made["attend"] = GridAttention(spec.heads, name="attend", dtype=dtype)
+        made["merge"] = layers.Add(name="merge", dtype=dtype)
+        made["hidden"] = layers.Dense(u, activation="relu", name="hidden", dtype=dtype)
     else:
         raise ValueError(f"unknown decoder {spec.kind!r} (known: {', '.join(DECODERS)})")
     return made
 
 
 def _encode(kind: str, lay: dict, image):
-    """Image input -> (h0, c0, context tensors the step needs)."""
+    """Image input -> (h0, c0, context tensors the step needs), one row per image."""
     if kind == "merge":
         proj = lay["image_proj"](lay["image_dropout"](image))
         zero = lay["zero_state"](image)
@@ -196,30 +227,36 @@ def _encode(kind: str, lay: dict, image):
 
 
 def _decode(kind: str, lay: dict, tokens, h0, c0, context):
-    """Token ids (B, T) + state + context -> (logits (B, T, V), h, c); T is the whole caption or 1."""
+    """Token ids (N, T) + state + context -> (logits (N, T, V), h, c, attention weights (N, T, L) or None).
+
+    T is the whole caption (training) or 1 (a decoding step).
+    """
     words = lay["embedding_dropout"](lay["embedding"](tokens))
     if kind == "attention":
         words = lay["word_image"]([words, context[2]])
     seq, h, c = lay["lstm"](words, initial_state=[h0, c0])
+    alpha = None
     if kind == "merge":
         out = lay["hidden"](lay["merge"]([seq, context[0]]))
     elif kind == "inject":
         out = seq
     else:
-        attended = lay["attend"]([seq, context[1], context[0]])
+        attended, alpha = lay["attend"]([seq, context[1], context[0]])
         out = lay["hidden"](lay["merge"]([seq, attended]))
-    return lay["logits"](lay["output_dropout"](out)), h, c
+    logits = lay["logits_float32"](lay["logits"](lay["output_dropout"](out)))
+    return logits, h, c, alpha
 
 
-def build_decoder(spec: DecoderSpec) -> keras.Model:
-    """The training model: inputs (image features, input token ids (B, T)) -> next-token logits (B, T, V)."""
+def build_decoder(spec: DecoderSpec, dtype: str = "float32") -> keras.Model:
+    """The training model: (images (B, ...), input token ids (B*K, T)) -> next-token logits (B*K, T, V)."""
     if spec.kind not in DECODERS:
         raise ValueError(f"unknown decoder {spec.kind!r} (known: {', '.join(DECODERS)})")
-    lay = _make_layers(spec)
+    lay = _make_layers(spec, dtype)
     image = keras.Input(decoder_input_shape(spec.kind, spec.feature_shape), name="image")
     tokens = keras.Input((None,), dtype="int32", name="tokens")
     h0, c0, context = _encode(spec.kind, lay, image)
-    logits, _, _ = _decode(spec.kind, lay, tokens, h0, c0, context)
+    h0, c0, *context = (lay["per_caption"]([x, tokens]) for x in (h0, c0, *context))
+    logits, _, _, _ = _decode(spec.kind, lay, tokens, h0, c0, context)
     return keras.Model([image, tokens], logits, name=f"captioner_{spec.kind}")
 
 
@@ -233,16 +270,21 @@ def decoder_kind(model: keras.Model) -> str:
 
 @dataclass
 class StepModels:
-    """Decoding graphs sharing the training model's weights: `init` runs once per image, `step` once per word."""
+    """Decoding graphs sharing the training model's weights: `init` runs once per image, `step` once per word.
+
+    `step` returns [log p (N, V), h, c] and, when `attention` is true, a fourth output: the attention
+    weights (N, L) over the L grid cells for the word it scored.
+    """
 
     kind: str
     init: keras.Model
     step: keras.Model
     vocab_size: int
+    attention: bool = False
 
 
 def step_models(model: keras.Model) -> StepModels:
-    """Rebuild `init` (image -> [h, c, *context]) and `step` ([token (N,1), h, c, *context] -> [log p (N,V), h, c])."""
+    """Rebuild `init` (image -> [h, c, *context]) and `step` ([token (N,1), h, c, *context] -> [log p, h, c(, alpha)])."""
     kind = decoder_kind(model)
     lay = {layer.name: layer for layer in model.layers}
     image = keras.Input(model.inputs[0].shape[1:], name="image")
@@ -253,18 +295,18 @@ def step_models(model: keras.Model) -> StepModels:
     h_in = keras.Input(h0.shape[1:], name="h")
     c_in = keras.Input(c0.shape[1:], name="c")
     ctx_in = [keras.Input(t.shape[1:], name=f"context_{i}") for i, t in enumerate(context)]
-    logits, h, c = _decode(kind, lay, token, h_in, c_in, ctx_in)
+    logits, h, c, alpha = _decode(kind, lay, token, h_in, c_in, ctx_in)
     log_probs = layers.Activation("log_softmax")(layers.Reshape((logits.shape[-1],))(logits))
-    step = keras.Model([token, h_in, c_in, *ctx_in], [log_probs, h, c], name=f"{kind}_step")
-    return StepModels(kind=kind, init=init, step=step, vocab_size=int(logits.shape[-1]))
+    outputs = [log_probs, h, c]
+    if alpha is not None:
+        outputs.append(layers.Reshape((alpha.shape[-1],))(alpha))
+    step = keras.Model([token, h_in, c_in, *ctx_in], outputs, name=f"{kind}_step")
+    return StepModels(kind=kind, init=init, step=step, vocab_size=int(logits.shape[-1]), attention=alpha is not None)
 
 
-def masked_loss(y_true, y_pred):
-    """Mean cross-entropy over real target tokens only (pad id 0 is ignored), from logits."""
-    y_true = ops.cast(y_true, "int32")
-    mask = ops.cast(ops.not_equal(y_true, 0), "float32")
-    ce = keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
-    return ops.sum(ce * mask) / ops.maximum(ops.sum(mask), 1.0)
+def caption_loss() -> keras.losses.Loss:
+    """Mean cross-entropy from logits over real target tokens only (the pad id is ignored)."""
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD_ID)
 
 
 def load_decoder(path) -> keras.Model:

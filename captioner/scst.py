@@ -56,8 +56,39 @@ def val_cider(decoder, features: np.ndarray, images: ImageSet, vocab: Vocabulary
     """Greedy-decoded CIDEr-D (pycocoevalcap) of a split's images: the model-selection score."""
     from captioner.metrics import cider_d
 
-    hyps = [vocab.decode(ids) for ids in decoder.greedy(features[images.rows])]
+    hyps = [vocab.decode(ids) for ids in decoder.greedy(np.asarray(features[images.rows], dtype=np.float32))]
     return cider_d(images.references, hyps)
+
+
+def policy_step(model, learning_rate: float, vocab_size: int) -> Callable:
+    """A compiled step `(images, inputs, targets, weights) -> loss` of the exact policy gradient.
+
+    The log-probabilities are those of the policy that drew the samples: dropout off (sampling runs with
+    training=False) and pad/start/unk removed from the softmax (sampling never picks them). A gradient taken
+    with dropout on, or over the full softmax, belongs to a different policy than the one sampled.
+    """
+    import keras
+    import tensorflow as tf
+
+    from captioner.decode import BANNED_IDS
+
+    optimizer = keras.optimizers.Adam(learning_rate)
+    variables = model.trainable_variables
+    optimizer.build(variables)
+    banned = np.zeros(vocab_size, dtype=np.float32)
+    banned[list(BANNED_IDS)] = -1e9
+
+    @tf.function(reduce_retracing=True)
+    def step(images, inputs, targets, weights):
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model([images, inputs], training=False), tf.float32)
+            log_probs = tf.nn.log_softmax(logits + banned)
+            chosen = tf.gather(log_probs, targets, batch_dims=2)  # (N, T) log p of each sampled token
+            loss = -tf.reduce_sum(chosen * weights)
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    return step
 
 
 def self_critical(
@@ -68,59 +99,61 @@ def self_critical(
     val: ImageSet,
     params: dict[str, Any],
     seed: int,
-    deadline: float,
+    cap,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> dict[str, Any]:
-    """Fine-tune `model` in place for `params['scst_epochs']` epochs or until time.monotonic() passes `deadline`.
+    """Fine-tune `model` in place for `params['scst_epochs']` epochs, or until the stage's time `cap` passes.
 
     Stops after the first epoch that does not raise greedy val CIDEr-D, keeps the weights with the best
     (the cross-entropy weights if no epoch beats them) and returns a summary for metrics/train.json.
     """
-    import keras
-
     from captioner.decode import CaptionDecoder
 
     k, batch_images = int(params["scst_samples"]), int(params["scst_batch_images"])
     rng = np.random.default_rng(seed)
     decoder = CaptionDecoder(model, vocab.max_length)
     reward = CiderD(train.references)
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
-    model.compile(optimizer=keras.optimizers.Adam(params["scst_learning_rate"]), loss=loss)
+    step = policy_step(model, params["scst_learning_rate"], len(vocab))
     start = time.monotonic()
 
     def score_val() -> float:
         return val_cider(decoder, features, val, vocab) if len(val.rows) else float("nan")
 
     score = score_val()
-    history = {"start_val_cider": round(score, 4), "val_cider": [], "train_reward": []}
+    history = {"start_val_cider": round(score, 4), "val_cider": [], "train_reward": [], "sample_words": []}
     best, best_weights, best_epoch, epochs_run = score, model.get_weights(), 0, 0
     for epoch in range(int(params["scst_epochs"])):
         order = rng.permutation(len(train.rows))
-        rewards_seen = []
+        rewards_seen, words_seen = [], []
         for first in range(0, len(order), batch_images):
-            if time.monotonic() > deadline:
+            if cap.passed():
                 break
             local = order[first : first + batch_images]
-            images = features[train.rows[local]]
+            images = np.asarray(features[train.rows[local]], dtype=np.float32)
             samples = decoder.sample(images, k, rng)
             captions = [vocab.decode(row) for row in samples]
             rewards = reward.scores(np.repeat(local, k), captions)
             rewards_seen.append(float(rewards.mean()))
+            words_seen.append(float(np.mean([len(c.split()) for c in captions])))
             inputs, targets, weights = policy_batch(samples, rewards, k)
-            model.train_on_batch([np.repeat(images, k, axis=0), inputs], targets, sample_weight=weights)
+            step(images, inputs, targets, weights)
         if not rewards_seen:
             break
         epochs_run = epoch + 1
         score = score_val()
         history["val_cider"].append(round(score, 4))
         history["train_reward"].append(round(float(np.mean(rewards_seen)), 4))
-        log(f"self-critical epoch {epoch + 1}: mean sample CIDEr-D {np.mean(rewards_seen):.3f}, val CIDEr-D {score:.3f}")
+        history["sample_words"].append(round(float(np.mean(words_seen)), 2))
+        log(
+            f"self-critical epoch {epoch + 1}: mean sample CIDEr-D {np.mean(rewards_seen):.3f}, "
+            f"{np.mean(words_seen):.1f} words, val CIDEr-D {score:.3f}"
+        )
         if not score <= best:  # also takes the first epoch when there is no val split (nan)
             best, best_weights, best_epoch = score, model.get_weights(), epoch + 1
         elif not math.isnan(score):  # an epoch that loses val CIDEr-D: later ones only drifted further (measured)
             log(f"self-critical: val CIDEr-D fell below its best {best:.3f}; stopping")
             break
-        if time.monotonic() > deadline:
+        if cap.passed():
             break
     model.set_weights(best_weights)
     return {

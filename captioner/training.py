@@ -95,24 +95,74 @@ def batch_plan(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | 
     return batches
 
 
-def make_dataset(features: np.ndarray, captions: CaptionSet, batch_size: int, seed: int | None):
+def captions_by_image(image_rows: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The distinct feature rows of a caption set and, for each, the indices of its captions."""
+    rows, inverse = np.unique(image_rows, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    return rows, np.split(order, np.cumsum(np.bincount(inverse, minlength=len(rows)))[:-1])
+
+
+def image_batch_plan(
+    captions: CaptionSet, images_per_batch: int, k: int, rng: np.random.Generator
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One epoch of (feature rows (B,), caption indices (B*k,)) batches: every image once with k of its captions.
+
+    An image with more than k captions gives a random k of them (others come up in later epochs); one with
+    fewer repeats some. Images are sorted by their longest picked caption within windows of 32 batches, so a
+    batch pads little, and the batch order is shuffled.
+    """
+    rows, groups = captions_by_image(captions.image_rows)
+    lengths = caption_lengths(captions.tokens)
+    picked = np.stack([np.resize(rng.permutation(g), k) for g in groups])  # (n_images, k)
+    longest = lengths[picked].max(axis=1)
+    order = rng.permutation(len(rows))
+    window = images_per_batch * _CHUNK_BATCHES
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
+        chunk = chunk[np.argsort(longest[chunk], kind="stable")]
+        for i in range(0, len(chunk), images_per_batch):
+            members = chunk[i : i + images_per_batch]
+            batches.append((rows[members], picked[members].reshape(-1)))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _as_model_batch(features, tokens: np.ndarray, image_rows: np.ndarray, caption_ids: np.ndarray):
+    """((images (B, ...) float32, input ids (B*k, w-1)), target ids (B*k, w-1)) padded to the batch's longest caption."""
+    toks = tokens[caption_ids]
+    width = max(int(caption_lengths(toks).max()), 2)
+    toks = toks[:, :width]
+    return (np.asarray(features[image_rows], dtype=np.float32), toks[:, :-1]), toks[:, 1:]
+
+
+def make_dataset(features, captions: CaptionSet, batch_size: int, seed: int | None, captions_per_image: int = 1):
     """tf.data of ((image features, input ids), target ids) batches padded to their own longest caption.
 
-    Features stay one array in memory; each batch gathers its rows by index. A seed reshuffles every
-    epoch (deterministically); None keeps a fixed length-sorted order (validation).
+    With `captions_per_image` k > 1 (training), a batch holds batch_size // k images, each with k of its
+    captions, so the decoder's image side runs once per image; a seed reshuffles every epoch
+    (deterministically). With k = 1 every caption comes once with its own image row, length-bucketed; seed
+    None keeps a fixed order (validation). Features stay one array (or file) and each batch gathers its rows.
     """
     import tensorflow as tf
 
     lengths = caption_lengths(captions.tokens)
     rng = np.random.default_rng(seed) if seed is not None else None
-    n_batches = len(batch_plan(lengths, batch_size, None))
+    grouped = captions_per_image > 1
+    if grouped:
+        if rng is None:
+            raise ValueError("grouped batches need a seed")
+        images_per_batch = max(batch_size // captions_per_image, 1)
+        n_batches = -(-len(np.unique(captions.image_rows)) // images_per_batch)
+    else:
+        n_batches = len(batch_plan(lengths, batch_size, None))
 
     def batches() -> Iterator:
-        for idx in batch_plan(lengths, batch_size, rng):
-            width = int(lengths[idx].max())
-            toks = captions.tokens[idx, :width]
-            image = features[captions.image_rows[idx]].astype(np.float32)
-            yield (image, toks[:, :-1]), toks[:, 1:]
+        if grouped:
+            for rows, ids in image_batch_plan(captions, images_per_batch, captions_per_image, rng):
+                yield _as_model_batch(features, captions.tokens, rows, ids)
+        else:
+            for idx in batch_plan(lengths, batch_size, rng):
+                yield _as_model_batch(features, captions.tokens, captions.image_rows[idx], idx)
 
     spec = (
         (
@@ -141,49 +191,35 @@ def _open_live(directory: str):
     return RobustLive(directory, save_dvc_exp=False, dvcyaml=None, report=None)
 
 
-def _callbacks(params: dict[str, Any], live_dir: str | None, monitor: str):
-    """Early stopping (best weights restored), LR decay on plateau, the time budget, DVCLive logging."""
+class TimeCap:
+    """The stage's safety cap on wall-clock time: epochs decide the result; the cap only ends a runaway run."""
+
+    def __init__(self, max_minutes: float, start: float | None = None):
+        self.deadline = (time.monotonic() if start is None else start) + max_minutes * 60.0
+        self.hit = False
+
+    def passed(self) -> bool:
+        """True (and remembered) once the deadline has passed."""
+        self.hit = self.hit or time.monotonic() > self.deadline
+        return self.hit
+
+    def callback(self):
+        """A Keras callback that stops training at the first batch past the deadline."""
+        import keras
+
+        cap = self
+
+        class StopAtCap(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if cap.passed():
+                    self.model.stop_training = True
+
+        return StopAtCap()
+
+
+def _callbacks(params: dict[str, Any], live_dir: str | None, monitor: str, cap: TimeCap):
+    """Early stopping (best weights restored), LR decay on plateau, the time cap, DVCLive logging."""
     import keras
-
-    class TimeBudget(keras.callbacks.Callback):
-        """Stop after `max_minutes`: at an epoch end when the next epoch would overrun, or mid-epoch at the limit."""
-
-        def __init__(self, max_minutes: float):
-            super().__init__()
-            self.limit = max_minutes * 60.0
-            self.stopped = False
-
-        def on_train_begin(self, logs=None):
-            self.start = time.monotonic()
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch_start = time.monotonic()
-
-        def on_train_batch_end(self, batch, logs=None):
-            if time.monotonic() - self.start > self.limit:
-                self.stopped = self.model.stop_training = True
-
-        def on_epoch_end(self, epoch, logs=None):
-            now = time.monotonic()
-            if now - self.start + (now - self.epoch_start) > self.limit:
-                self.stopped = self.model.stop_training = True
-
-    class LiveLog(keras.callbacks.Callback):
-        """Log per-epoch metrics to DVCLive as train/<name> and eval/<name> (val_ prefix), like DVCLiveCallback."""
-
-        def __init__(self, directory: str):
-            super().__init__()
-            self.live = _open_live(directory)
-            self.live.log_params({f"train.{k}": v for k, v in params.items()})
-
-        def on_epoch_end(self, epoch, logs=None):
-            for key, value in (logs or {}).items():
-                name = f"eval/{key[4:]}" if key.startswith("val_") else f"train/{key}"
-                self.live.log_metric(name, float(value))
-            self.live.next_step()
-
-        def on_train_end(self, logs=None):
-            self.live.end()
 
     stop = keras.callbacks.EarlyStopping(
         monitor=monitor, patience=params["patience"], min_delta=_MIN_DELTA, restore_best_weights=True
@@ -191,37 +227,63 @@ def _callbacks(params: dict[str, Any], live_dir: str | None, monitor: str):
     plateau = keras.callbacks.ReduceLROnPlateau(
         monitor=monitor, factor=0.5, patience=1, min_delta=_MIN_DELTA, min_lr=params["learning_rate"] / 32
     )
-    budget = TimeBudget(params["max_minutes"])
-    extra = [LiveLog(live_dir)] if live_dir else []
-    return [stop, plateau, budget, *extra], stop, budget
+    extra = []
+    if live_dir:
+        from dvclive.keras import DVCLiveCallback
+
+        live = _open_live(live_dir)
+        live.log_params({f"train.{k}": v for k, v in params.items()})
+        extra.append(DVCLiveCallback(live=live))
+    return [stop, plateau, cap.callback(), *extra], stop
 
 
-def fit_decoder(
-    data: TrainData, params: dict[str, Any], seed: int, live_dir: str | None = "dvclive", verbose: int | str = "auto"
-):
-    """Build and train the `params['decoder']` model; return (model with the best weights, summary dict)."""
-    import keras
-    import tensorflow as tf
+def decoder_spec(params: dict[str, Any], vocab_size: int, feature_shape: tuple[int, ...]):
+    """The DecoderSpec that train.* params describe."""
+    from captioner.model import DecoderSpec
 
-    from captioner.model import DecoderSpec, build_decoder, masked_loss
-
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
-    spec = DecoderSpec(
+    return DecoderSpec(
         kind=params["decoder"],
-        vocab_size=len(data.vocab),
-        feature_shape=data.feature_shape,
+        vocab_size=vocab_size,
+        feature_shape=feature_shape,
         embedding_dim=params["embedding_dim"],
         units=params["units"],
         dropout=params["dropout"],
+        heads=params["attention_heads"],
     )
-    model = build_decoder(spec)
-    model.compile(optimizer=keras.optimizers.Adam(params["learning_rate"]), loss=masked_loss)
-    train_ds = make_dataset(data.features, data.train, params["batch_size"], seed)
+
+
+def fit_decoder(
+    data: TrainData,
+    params: dict[str, Any],
+    seed: int,
+    live_dir: str | None = "dvclive",
+    verbose: int | str = "auto",
+    cap: TimeCap | None = None,
+):
+    """Build and train the `params['decoder']` model; return (model with the best weights, summary dict).
+
+    The model computes in `params['precision']` (resolved: bfloat16 only where the hardware has it); a
+    bfloat16 model is returned as a float32 copy, so bundles and decoding do not depend on the precision.
+    """
+    import keras
+    import tensorflow as tf
+
+    from captioner.model import build_decoder, caption_loss
+    from captioner.precision import keras_policy, resolve_precision
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    cap = cap or TimeCap(params["max_minutes"])
+    precision = resolve_precision(params["precision"])
+    spec = decoder_spec(params, len(data.vocab), data.feature_shape)
+    model = build_decoder(spec, keras_policy(precision))
+    model.compile(optimizer=keras.optimizers.Adam(params["learning_rate"]), loss=caption_loss(), jit_compile=False)
+    per_image = params["captions_per_image"]
+    train_ds = make_dataset(data.features, data.train, params["batch_size"], seed, captions_per_image=per_image)
     has_val = len(data.val) > 0
-    val_ds = make_dataset(data.features, data.val, params["batch_size"] * 2, None) if has_val else None
+    val_ds = make_dataset(data.features, data.val, params["batch_size"], None) if has_val else None
     monitor = "val_loss" if has_val else "loss"
-    callbacks, stop, budget = _callbacks(params, live_dir, monitor)
+    callbacks, stop = _callbacks(params, live_dir, monitor, cap)
     start = time.monotonic()
     history = model.fit(
         train_ds, validation_data=val_ds, epochs=params["epochs"], callbacks=callbacks, verbose=verbose, shuffle=False
@@ -230,18 +292,24 @@ def fit_decoder(
     losses = history.history.get(monitor, [])
     epochs_run = len(history.history.get("loss", []))
     best_epoch = int(stop.best_epoch) + 1 if losses else 0  # the epoch whose weights were restored
+    captions_per_epoch = len(np.unique(data.train.image_rows)) * per_image if per_image > 1 else len(data.train)
     summary = {
         "decoder": spec.kind,
+        "precision": precision,
         "epochs_run": epochs_run,
         "best_epoch": best_epoch,
         f"best_{monitor}": float(losses[best_epoch - 1]) if losses else None,
         "final_train_loss": float(history.history["loss"][-1]) if epochs_run else None,
-        "stopped_by": "time_budget" if budget.stopped else ("early_stopping" if stop.stopped_epoch else "epochs"),
+        "stopped_by": "time_cap" if cap.hit else ("early_stopping" if stop.stopped_epoch else "epochs"),
         "wall_seconds": round(wall, 2),
         "train_captions": len(data.train),
-        "captions_per_second": round(len(data.train) * epochs_run / wall, 1) if wall > 0 else None,
+        "captions_per_second": round(captions_per_epoch * epochs_run / wall, 1) if wall > 0 else None,
         "parameters": int(model.count_params()),
     }
+    if precision != "float32":
+        exact = build_decoder(spec)
+        exact.set_weights(model.get_weights())
+        model = exact
     return model, summary
 
 
@@ -249,8 +317,6 @@ def _check_self_critical(train_params: dict[str, Any]) -> None:
     """Refuse self-critical settings that cannot work, before any data is loaded."""
     if train_params["scst_samples"] < 2:
         raise CaptionerError("params.yaml: train.scst_samples must be at least 2 (each sample's baseline is the others)")
-    if train_params["scst_minutes"] >= train_params["max_minutes"]:
-        raise CaptionerError("params.yaml: train.scst_minutes must be less than train.max_minutes")
 
 
 def run_train(
@@ -269,17 +335,16 @@ def run_train(
 
     train_params = params["train"]
     start = time.monotonic()
+    cap = TimeCap(train_params["max_minutes"], start)
     self_critical_on = train_params["scst_epochs"] > 0
     if self_critical_on:
         _check_self_critical(train_params)
     data = load_train_data(features_dir, processed_dir, train_params["decoder"])
-    xe_params = dict(train_params)
     if self_critical_on:
         captions = read_captions(Path(processed_dir) / "captions.json")
         references = [captions.get(name, []) for name in data.image_names]
-        xe_params["max_minutes"] = train_params["max_minutes"] - train_params["scst_minutes"]
-    model, summary = fit_decoder(data, xe_params, params["seed"], live_dir=live_dir, verbose=verbose)
-    if self_critical_on:
+    model, summary = fit_decoder(data, train_params, params["seed"], live_dir=live_dir, verbose=verbose, cap=cap)
+    if self_critical_on and not cap.passed():
         from captioner.scst import image_set, self_critical
 
         summary.update(
@@ -291,9 +356,10 @@ def run_train(
                 image_set(data.val.image_rows, references),
                 train_params,
                 params["seed"],
-                deadline=start + train_params["max_minutes"] * 60.0,
+                cap=cap,
             )
         )
+    summary["time_cap_hit"] = cap.hit
     summary["total_seconds"] = round(time.monotonic() - start, 1)
     meta = data.feature_meta
     encoder = {
@@ -309,6 +375,7 @@ def run_train(
         "embedding_dim": train_params["embedding_dim"],
         "units": train_params["units"],
         "dropout": train_params["dropout"],
+        "heads": train_params["attention_heads"],
         "vocab_size": len(data.vocab),
     }
     decoding = {"beam_size": DEFAULT_BEAM_SIZE, "max_length": data.vocab.max_length, "length_alpha": 1.0}

@@ -10,7 +10,7 @@ from captioner.model import (  # noqa: E402
     build_decoder,
     decoder_input_shape,
     load_decoder,
-    masked_loss,
+    caption_loss,
     step_models,
 )
 
@@ -30,7 +30,7 @@ def batch(spec: DecoderSpec, n: int = 6, length: int = 7, seed: int = 0):
 def test_decoder_trains_saves_and_loads_safely(kind, tmp_path):
     spec = DecoderSpec(kind, vocab_size=30, feature_shape=FEATURES[kind], embedding_dim=8, units=16, dropout=0.2)
     model = build_decoder(spec)
-    model.compile(keras.optimizers.Adam(1e-2), loss=masked_loss)
+    model.compile(keras.optimizers.Adam(1e-2), loss=caption_loss())
     image, tokens = batch(spec)
     before = model.predict([image, tokens[:, :-1]], verbose=0)
     loss = model.train_on_batch([image, tokens[:, :-1]], tokens[:, 1:])
@@ -44,16 +44,57 @@ def test_decoder_trains_saves_and_loads_safely(kind, tmp_path):
     steps = step_models(loaded)
     h, c, *context = steps.init(image)
     full = keras.ops.convert_to_numpy(keras.ops.log_softmax(loaded([image, tokens[:, :3]]), axis=-1))
+    assert steps.attention == (kind == "attention")
     for t in range(3):
-        log_p, h, c = steps.step([keras.ops.convert_to_tensor(tokens[:, t : t + 1]), h, c, *context])
+        log_p, h, c, *alpha = steps.step([keras.ops.convert_to_tensor(tokens[:, t : t + 1]), h, c, *context])
         np.testing.assert_allclose(keras.ops.convert_to_numpy(log_p), full[:, t], atol=1e-5)
+        if alpha:  # one weight per grid cell, summing to 1
+            alpha = keras.ops.convert_to_numpy(alpha[0])
+            assert alpha.shape == (6, 6) and np.allclose(alpha.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_masked_loss_ignores_padding():
+def test_caption_loss_ignores_padding():
     y_true = np.array([[5, 3, 0, 0]], dtype="int32")
     logits = np.zeros((1, 4, 8), dtype="float32")
     logits[0, 2:, 0] = -50.0  # garbage at padded positions must not change the loss
-    assert float(masked_loss(y_true, logits)) == pytest.approx(np.log(8), rel=1e-5)
+    assert float(caption_loss()(y_true, logits)) == pytest.approx(np.log(8), rel=1e-5)
+
+
+def attention_spec() -> DecoderSpec:
+    return DecoderSpec("attention", vocab_size=30, feature_shape=(2, 3, 16), embedding_dim=8, units=16, dropout=0.0,
+                       heads=4)
+
+
+def test_attention_outputs_at_real_positions_ignore_padding():
+    model = build_decoder(attention_spec())
+    image, tokens = batch(attention_spec(), n=4, length=6)
+    padded = np.concatenate([tokens, np.zeros((4, 9), dtype="int32")], axis=1)  # 9 more pad positions
+    short = keras.ops.convert_to_numpy(model([image, tokens]))
+    long = keras.ops.convert_to_numpy(model([image, padded]))
+    np.testing.assert_allclose(long[:, :6], short, atol=1e-5)
+
+
+def test_k_captions_per_image_equal_repeated_images():
+    model = build_decoder(attention_spec())
+    image, tokens = batch(attention_spec(), n=2)
+    tokens = np.concatenate([tokens, tokens[::-1], tokens], axis=0)  # 6 captions: 3 per image, rows grouped
+    grouped = model([image, tokens.reshape(2, 3, -1).reshape(6, -1)])
+    repeated = model([np.repeat(image, 3, axis=0), tokens])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(grouped), keras.ops.convert_to_numpy(repeated), atol=1e-5)
+
+
+def test_bfloat16_model_computes_close_to_float32_and_returns_float32_logits():
+    exact = build_decoder(attention_spec())
+    mixed = build_decoder(attention_spec(), "mixed_bfloat16")
+    mixed.set_weights(exact.get_weights())
+    image, tokens = batch(attention_spec())
+    a = keras.ops.convert_to_numpy(exact([image, tokens]))
+    b = mixed([image, tokens])
+    assert b.dtype == "float32" and all(w.dtype == "float32" for w in mixed.weights)
+    b = keras.ops.convert_to_numpy(b)
+    assert not np.array_equal(a, b) and np.abs(a - b).max() < 0.1 * np.abs(a).max()
+    mixed.compile(keras.optimizers.Adam(1e-2), loss=caption_loss())
+    assert np.isfinite(mixed.train_on_batch([image, tokens[:, :-1]], tokens[:, 1:]))
 
 
 def test_unknown_decoder_and_pooled_attention_are_refused():

@@ -21,7 +21,7 @@ TINY = {
     "data": {"sample_images": 40},
     "features": {"batch_size": 16},
     "train": {"embedding_dim": 16, "units": 32, "epochs": 3, "batch_size": 32, "patience": 5, "max_minutes": 2,
-              "learning_rate": 0.01, "scst_epochs": 1, "scst_minutes": 0.5},
+              "learning_rate": 0.01, "scst_epochs": 1},
     "evaluate": {"beam_size": 2, "figure_images": 4},
 }
 

@@ -139,6 +139,6 @@ def test_training_is_deterministic_and_respects_the_time_budget(tmp_path):
     assert first["best_val_loss"] == second["best_val_loss"]
     assert first["final_train_loss"] == second["final_train_loss"]
     stopped = train(tmp_path, small_params("merge", epochs=50, max_minutes=0.0001))
-    assert stopped["stopped_by"] == "time_budget" and stopped["epochs_run"] == 1
+    assert stopped["stopped_by"] == "time_cap" and stopped["time_cap_hit"] and stopped["epochs_run"] == 1
     assert (tmp_path / "models/captioner/decoder.keras").is_file()
     assert np.isfinite(stopped["best_val_loss"])
