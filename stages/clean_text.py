@@ -9,7 +9,7 @@ from captioner.stage import run_main
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params("params.yaml")
     captions, stats = clean_captions(Path("data/raw/captions.csv"), params["text"]["min_words"])
     write_json(Path("data/processed/captions.json"), captions)
     print(f"data/processed/captions.json: {stats}")

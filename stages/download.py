@@ -8,7 +8,7 @@ from captioner.stage import run_main
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params("params.yaml")
     dataset = prepare_raw(params["data"], Path("data/raw"))
     report = dataset.report
     print(f"data/raw: {report['images']} images, {report['captions']} captions, splits {report['splits']}")

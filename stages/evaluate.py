@@ -6,7 +6,7 @@ from captioner.stage import run_main
 
 
 def main() -> None:
-    scores = run_evaluate(load_params())
+    scores = run_evaluate(load_params("params.yaml"))
     print(
         f"{scores['split']} ({scores['n_images']} images, beam {scores['beam_size']}): "
         + ", ".join(f"{k} {scores[k]:.4f}" for k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider"))

@@ -8,7 +8,7 @@ from captioner.stage import run_main
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params("params.yaml")
     meta = run_extraction(Path("data/raw/Images"), Path("data/features"), params["features"])
     print(
         f"data/features: {meta['num_images']} images, {meta['encoder']} {meta['output']} "

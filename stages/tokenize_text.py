@@ -12,7 +12,7 @@ from captioner.stage import run_main
 
 
 def main() -> None:
-    params = load_params()["tokenize"]
+    params = load_params("params.yaml")["tokenize"]
     captions = read_json(Path("data/processed/captions.json"), "cleaned captions", "clean_text")
     splits = read_splits(Path("data/raw/splits.json"))
     vocab, arrays = tokenize(captions, splits, params["min_count"], params["max_length_percentile"])

@@ -9,7 +9,7 @@ from captioner.training import run_train
 
 def main() -> None:
     verbose = "auto" if sys.stdout.isatty() else 2  # one line per epoch in logs (dvc repro pipes stdout)
-    summary = run_train(load_params(), verbose=verbose)
+    summary = run_train(load_params("params.yaml"), verbose=verbose)
     print(
         f"trained {summary['decoder']} for {summary['epochs_run']} epochs (best {summary['best_epoch']}, "
         f"stopped by {summary['stopped_by']}) in {summary['wall_seconds']:.0f} s, "
