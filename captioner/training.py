@@ -255,11 +255,11 @@ def _check_self_critical(train_params: dict[str, Any]) -> None:
 
 def run_train(
     params: dict[str, Any],
-    features_dir: str | os.PathLike[str] = "data/features",
-    processed_dir: str | os.PathLike[str] = "data/processed",
-    model_dir: str | os.PathLike[str] = "models/captioner",
-    metrics_path: str | os.PathLike[str] = "metrics/train.json",
-    live_dir: str | None = "dvclive",
+    features_dir: str | os.PathLike[str],
+    processed_dir: str | os.PathLike[str],
+    model_dir: str | os.PathLike[str],
+    metrics_path: str | os.PathLike[str],
+    live_dir: str | None,
     verbose: int | str = "auto",
 ) -> dict[str, Any]:
     """The train stage: fit on the pipeline's outputs, write the bundle and metrics/train.json; return the metrics."""
