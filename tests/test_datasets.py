@@ -261,3 +261,55 @@ def test_png_images_in_folder_are_accepted(tmp_path):
     save_image(tmp_path / "src" / "Images" / "extra.png", 99)
     prepare_raw(data_params(source="folder", path=str(tmp_path / "src")), tmp_path / "raw")
     assert read_raw(tmp_path / "raw")[1]["images"] == sum(map(len, names.values()))
+
+
+def test_captions_file_that_is_not_utf8_names_the_line(tmp_path):
+    make_kaggle_folder(tmp_path / "src")
+    path = tmp_path / "src" / "captions.txt"
+    lines = path.read_bytes().split(b"\n")
+    lines[6] = lines[6].replace(b"grass", b"caf\xe9 grass")
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(CaptionerError, match=r"captions.txt:7: not UTF-8 text \(byte 0xe9 at column \d+\)") as err:
+        prepare_raw(data_params(source="folder", path=str(tmp_path / "src")), tmp_path / "raw")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "raw").exists() and list(tmp_path.iterdir()) == [tmp_path / "src"]
+
+
+def test_token_file_that_is_not_utf8_names_the_line(tmp_path):
+    make_original_folder(tmp_path / "src")
+    token = tmp_path / "src" / "Flickr8k.token.txt"
+    token.write_bytes(token.read_bytes() + b"x.jpg#0\t\xff\xfe bad\n")
+    with pytest.raises(CaptionerError, match=r"Flickr8k.token.txt:46: not UTF-8 text \(byte 0xff at column 9\)"):
+        prepare_raw(data_params(source="folder", path=str(tmp_path / "src")), tmp_path / "raw")
+
+
+@pytest.mark.parametrize("layout", ["kaggle", "original"])
+def test_byte_order_mark_is_accepted(tmp_path, layout):
+    names = (make_kaggle_folder if layout == "kaggle" else make_original_folder)(tmp_path / "src")
+    path = tmp_path / "src" / ("captions.txt" if layout == "kaggle" else "Flickr8k.token.txt")
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    prepare_raw(data_params(source="folder", path=str(tmp_path / "src")), tmp_path / "raw")
+    _, report, rows = read_raw(tmp_path / "raw")
+    assert report["images"] == sum(map(len, names.values())) and len(rows) == 5 * report["images"]
+    assert rows[0]["image"] == sorted(n for s in names.values() for n in s)[0]
+
+
+def test_duplicate_caption_lines_are_dropped_and_counted(tmp_path, capsys):
+    names = make_kaggle_folder(tmp_path / "src")
+    path = tmp_path / "src" / "captions.txt"
+    lines = path.read_text().splitlines()
+    first = names["train"][0]
+    path.write_text("\n".join(lines + [lines[1], lines[1], lines[2]]) + "\n")
+    prepare_raw(data_params(source="folder", path=str(tmp_path / "src")), tmp_path / "raw")
+    _, report, rows = read_raw(tmp_path / "raw")
+    assert report["duplicate_captions_dropped"] == 3
+    assert report["images_with_duplicate_captions"] == [first]
+    assert [r["caption"] for r in rows if r["image"] == first] == captions_for(first)
+    assert "warning: 3 duplicate caption lines dropped" in capsys.readouterr().err
+
+
+def test_unreadable_csv_row_is_a_line_error(tmp_path):
+    path = tmp_path / "captions.txt"
+    path.write_text("image,caption\na.jpg,fine\nb.jpg," + "word " * 40000 + "\n")
+    with pytest.raises(CaptionerError, match=r"captions.txt:3: malformed CSV \(field larger than field limit"):
+        read_captions_csv(path)
