@@ -1,6 +1,7 @@
 """The download, clean_text and tokenize stage scripts: outputs, and one-line errors with nothing half-written."""
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -26,9 +27,17 @@ def set_params(project, **sections):
 def test_data_stages_on_sample(tmp_path):
     project = copy_project(tmp_path / "p")
     set_params(project, data={"sample_images": 40})
-    for stage in ("download", "clean_text", "tokenize"):
-        result = run_stage(project, stage)
-        assert result.returncode == 0, result.stderr
+    old_umask = os.umask(0o022)
+    try:
+        for stage in ("download", "clean_text", "tokenize"):
+            result = run_stage(project, stage)
+            assert result.returncode == 0, result.stderr
+    finally:
+        os.umask(old_umask)
+    for path, mode in (("data/raw", 0o755), ("data/raw/Images", 0o755), ("data/raw/splits.json", 0o644),
+                       ("data/raw/report.json", 0o644), ("data/processed/vocab.json", 0o644),
+                       ("data/processed/sequences.npz", 0o644)):
+        assert (project / path).stat().st_mode & 0o777 == mode, path
     captions = json.loads((project / "data/processed/captions.json").read_text())
     vocab = json.loads((project / "data/processed/vocab.json").read_text())
     seqs = np.load(project / "data/processed/sequences.npz")
@@ -50,6 +59,18 @@ def test_unknown_param_is_one_line_error(tmp_path):
         "sample_seed)"
     ]
     assert not (project / "data").exists() or not any((project / "data").iterdir())
+
+
+def test_out_of_range_setting_stops_before_any_work(tmp_path):
+    project = copy_project(tmp_path / "p")
+    set_params(project, train={"batch_size": 0})
+    line = (project / "params.yaml").read_text().splitlines().index("  batch_size: 0") + 1
+    result = run_stage(project, "download")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: params.yaml:{line}: 'train.batch_size' must be an integer >= 1 <= 65536, got 0"
+    ]
+    assert not (project / "data").exists()
 
 
 def test_missing_folder_leaves_previous_output_intact(tmp_path):
