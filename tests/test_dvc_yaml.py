@@ -109,3 +109,12 @@ def test_closure_follows_lazy_and_package_imports():
     assert "captioner/datasets/raw.py" in needed and "captioner/datasets/__init__.py" in needed
     assert "captioner/__init__.py" in needed
     assert "captioner/model.py" in module_closure(ROOT / "stages" / "evaluate.py")
+
+
+def test_architecture_names_every_module_and_stage():
+    text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+        name = path.relative_to(ROOT / PACKAGE).as_posix()
+        assert f"`{name}`" in text, f"ARCHITECTURE.md does not describe {name}"
+    for name, stage in stages().items():
+        assert f"`{name}`" in text and shlex.split(stage["cmd"])[1] in text
