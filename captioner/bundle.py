@@ -28,7 +28,7 @@ ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold
 SAVE_DATE = "1980-01-01@00:00:00"  # decoder.keras's metadata.json date_saved, in Keras' format
 MAX_FEATURE_DIM = 1 << 20
 
-# Every value of config.json: "section.key" -> what it may be.
+# Every value of config.json: "section.key" -> what it may be (a nullable value may also be absent).
 CONFIG_FIELDS: dict[str, Field] = {
     "format": integer(None, BUNDLE_FORMAT, BUNDLE_FORMAT),
     "encoder.name": text(None),
@@ -142,6 +142,8 @@ def _check_config(path: Path, config: dict[str, Any]) -> None:
         if section and not isinstance(holder, dict):
             raise CaptionerError(f"{path}: '{section}' must be an object, got {holder!r}")
         if name not in holder:
+            if field.nullable:  # optional: older bundles and hand-made configs may leave it out
+                continue
             raise CaptionerError(f"{path}: lacks {key}")
         check(str(path), key, holder[name], field)
     shape = config["feature_shape"]

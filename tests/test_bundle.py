@@ -137,3 +137,11 @@ def test_bundle_is_reproducible_small_and_loads_safely(tmp_path, trained_model):
     bundle = load_bundle(tmp_path / "one")
     x = [np.ones((2, 24), np.float32), np.full((2, 5), 4, np.int32)]
     np.testing.assert_allclose(bundle.model.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+
+
+def test_optional_encoder_values_may_be_left_out(tmp_path):
+    config = write_bundle_files(tmp_path / "b", VOCAB)
+    del config["encoder"]["weights_id"], config["encoder"]["preprocessing"]
+    (tmp_path / "b/config.json").write_text(json.dumps(config))
+    assert read_config(tmp_path / "b")["encoder"] == {"name": "synthetic", "weights": "none", "input_size": 32,
+                                                      "output": "pooled"}
