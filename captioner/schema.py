@@ -14,7 +14,11 @@ KIND_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool
 
 @dataclass(frozen=True)
 class Field:
-    """What one value may be: its kind, inclusive bounds (`below`: exclusive upper bound), choices, null."""
+    """What one value may be: its kind, inclusive bounds (`below`: exclusive upper bound), choices, null.
+
+    For a string, `choices` are the only values allowed; for a number they are extra words allowed
+    besides it (`train.devices: auto | N` is `Field("int", "auto", low=1, choices=("auto",))`).
+    """
 
     kind: str
     default: Any = None
@@ -26,7 +30,7 @@ class Field:
 
     def describe(self) -> str:
         """The allowed values in words, for error messages."""
-        if self.choices:
+        if self.choices and self.kind == "str":
             return "one of " + ", ".join(str(c) for c in self.choices)
         words = KIND_NAMES[self.kind]
         if self.low is not None:
@@ -35,7 +39,8 @@ class Field:
             words += f" <= {self.high}"
         if self.below is not None:
             words += f" < {self.below}"
-        return words + (" or null" if self.nullable else "")
+        extra = [str(c) for c in self.choices] + (["null"] if self.nullable else [])
+        return words + "".join(f" or {word}" for word in extra)
 
 
 def integer(default: int | None, low: int | None = None, high: int | None = None) -> Field:
@@ -86,7 +91,9 @@ def check(where: str, key: str, value: Any, field: Field) -> Any:
         if field.nullable:
             return value
         raise CaptionerError(f"{where}: '{key}' is empty; it must be {field.describe()}")
-    if not _kind_ok(field, value) or (field.choices and value not in field.choices):
+    if field.choices and value in field.choices:
+        return value
+    if not _kind_ok(field, value) or (field.choices and field.kind == "str"):
         raise CaptionerError(f"{where}: '{key}' must be {field.describe()}, got {value!r}")
     too_low = field.low is not None and value < field.low
     too_high = (field.high is not None and value > field.high) or (field.below is not None and value >= field.below)
