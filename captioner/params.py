@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -49,6 +49,17 @@ SETTINGS: dict[str, Field] = {
     "evaluate.beam_size": integer(3, 1, 100),
     "evaluate.figure_images": integer(8, 1, 64),
 }
+
+
+# Settings that are valid alone but not together: (key to point at, broken when, what to do).
+RULES: list[tuple[str, Callable[[dict[str, Any]], bool], str]] = [
+    ("train.decoder", lambda p: p["train.decoder"] == "attention" and p["features.output"] == "pooled",
+     "the attention decoder needs features.output: grid (or use train.decoder: inject or merge)"),
+    ("train.scst_minutes", lambda p: p["train.scst_epochs"] > 0 and p["train.scst_minutes"] >= p["train.max_minutes"],
+     "train.scst_minutes must be less than train.max_minutes (or set train.scst_epochs: 0)"),
+    ("data.path", lambda p: p["data.source"] in ("folder", "archive") and p["data.path"] is None,
+     "data.source folder and archive need data.path (a folder, or one or more archive files)"),
+]
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -118,6 +129,10 @@ def load_params(path: str | os.PathLike[str]) -> dict[str, Any]:
     flat = {key: field.default for key, field in SETTINGS.items()}
     for key, value in _flatten(path, raw, lines).items():
         flat[key] = check(f"{path}:{lines.get(key, 1)}", key, value, SETTINGS[key])
+    for key, broken, advice in RULES:
+        if broken(flat):
+            where = f"{path}:{lines[key]}" if key in lines else str(path)
+            raise CaptionerError(f"{where}: '{key}': {advice}")
     return _nest(flat)
 
 

@@ -62,6 +62,22 @@ def test_bad_params(tmp_path, text, message):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("features:\n  output: pooled\n", r"params.yaml: 'train.decoder': the attention decoder needs features.output: grid"),
+        ("features:\n  output: pooled\ntrain:\n  decoder: attention\n", r"params.yaml:4: 'train.decoder'"),
+        ("train:\n  scst_minutes: 30\n", r":2: 'train.scst_minutes': train.scst_minutes must be less than"),
+        ("data:\n  source: folder\n", r"'data.path': data.source folder and archive need data.path"),
+    ],
+)
+def test_settings_that_do_not_go_together(tmp_path, text, message):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(CaptionerError, match=message):
+        load_params(path)
+
+
 def test_partial_section_keeps_defaults(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("train:\n  epochs: 2\n  dropout: 0\n")
