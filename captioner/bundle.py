@@ -1,21 +1,53 @@
-"""The model bundle `models/captioner/`: decoder.keras + vocab.json + config.json, all `predict` needs."""
+"""The model bundle `models/captioner/`: decoder.keras + vocab.json + config.json, all `predict` needs.
+
+Saving writes the decoder without its optimizer state and with fixed zip timestamps and save date, so two
+identical trainings give byte-identical bundles. Loading checks every value of config.json and vocab.json
+(kinds, ranges, agreement with each other and with the model) before the model is loaded.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from captioner.atomic import atomic_dir, write_json
+from captioner.atomic import atomic_dir, atomic_path, write_json
 from captioner.errors import CaptionerError
 from captioner.jsonfile import read_json
-from captioner.text import Vocabulary
+from captioner.schema import Field, check, choice, integer, number, text
+from captioner.text import MAX_LENGTH, RESERVED, Vocabulary
 
 MODEL_FILE = "decoder.keras"
 VOCAB_FILE = "vocab.json"
 CONFIG_FILE = "config.json"
 BUNDLE_FORMAT = 1
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold
+SAVE_DATE = "1980-01-01@00:00:00"  # decoder.keras's metadata.json date_saved, in Keras' format
+MAX_FEATURE_DIM = 1 << 20
+
+# Every value of config.json: "section.key" -> what it may be (a nullable value may also be absent).
+CONFIG_FIELDS: dict[str, Field] = {
+    "format": integer(None, BUNDLE_FORMAT, BUNDLE_FORMAT),
+    "encoder.name": text(None),
+    "encoder.weights": text(None),
+    "encoder.weights_id": text(None, nullable=True),
+    "encoder.input_size": integer(None, 1, 8192),
+    "encoder.preprocessing": text(None, nullable=True),
+    "encoder.output": choice("grid", "grid", "pooled"),
+    "feature_shape": Field("list"),
+    "decoder.kind": choice("attention", "attention", "inject", "merge"),
+    "decoder.embedding_dim": integer(None, 1, 65536),
+    "decoder.units": integer(None, 1, 65536),
+    "decoder.dropout": number(None, 0, below=1),
+    "decoder.vocab_size": integer(None, len(RESERVED), 10_000_000),
+    "decoding.beam_size": integer(None, 1, 100),
+    "decoding.max_length": integer(None, len(RESERVED) - 1, MAX_LENGTH),
+    "decoding.length_alpha": number(None, 0, 10),
+}
+_FEATURE_DIM = integer(None, 1, MAX_FEATURE_DIM)
 
 
 @dataclass
@@ -50,10 +82,46 @@ def make_config(
     }
 
 
+def _renumber_shared_objects(node: Any, numbers: dict[Any, int]) -> Any:
+    """Replace Keras' `shared_object_id`s (memory addresses) by 0, 1, 2... in order of first appearance."""
+    if isinstance(node, list):
+        return [_renumber_shared_objects(item, numbers) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _renumber_shared_objects(value, numbers) for key, value in node.items()}
+    if "shared_object_id" in node:
+        out["shared_object_id"] = numbers.setdefault(node["shared_object_id"], len(numbers))
+    return out
+
+
+def _normalise_keras_zip(path: Path) -> None:
+    """Rewrite a .keras zip with fixed entry dates, save date and object ids, so equal models give equal bytes."""
+    with zipfile.ZipFile(path) as src:
+        members = [(info, src.read(info.filename)) for info in src.infolist()]
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w") as dst:
+        for info, data in members:
+            if info.filename == "metadata.json":
+                data = json.dumps({**json.loads(data), "date_saved": SAVE_DATE}).encode()
+            elif info.filename == "config.json":
+                data = json.dumps(_renumber_shared_objects(json.loads(data), {})).encode()
+            entry = zipfile.ZipInfo(info.filename, date_time=ZIP_DATE)
+            entry.compress_type = info.compress_type
+            entry.external_attr = 0o644 << 16
+            dst.writestr(entry, data)
+
+
+def save_decoder(model, path: Path) -> None:
+    """Save `model`'s architecture and weights only (no optimizer state, no compile settings), reproducibly."""
+    bare = model.__class__.from_config(model.get_config())
+    bare.set_weights(model.get_weights())
+    bare.save(path)
+    _normalise_keras_zip(path)
+
+
 def save_bundle(directory: str | os.PathLike[str], model, vocab: Vocabulary, config: dict[str, Any]) -> None:
     """Write the three bundle files into `directory`, replacing it atomically."""
     with atomic_dir(directory) as tmp:
-        model.save(tmp / MODEL_FILE)
+        save_decoder(model, tmp / MODEL_FILE)
         write_json(tmp / VOCAB_FILE, vocab.to_json())
         write_json(tmp / CONFIG_FILE, config)
 
@@ -64,6 +132,27 @@ def _read_object(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CaptionerError(f"{path}: expected a JSON object")
     return data
+
+
+def _check_config(path: Path, config: dict[str, Any]) -> None:
+    """Check every value of config.json against CONFIG_FIELDS and the feature shape against the encoder output."""
+    for key, field in CONFIG_FIELDS.items():
+        section, _, name = key.rpartition(".")
+        holder = config.get(section) if section else config
+        if section and not isinstance(holder, dict):
+            raise CaptionerError(f"{path}: '{section}' must be an object, got {holder!r}")
+        if name not in holder:
+            if field.nullable:  # optional: older bundles and hand-made configs may leave it out
+                continue
+            raise CaptionerError(f"{path}: lacks {key}")
+        check(str(path), key, holder[name], field)
+    shape = config["feature_shape"]
+    for dim in shape:
+        check(str(path), "feature_shape", dim, _FEATURE_DIM)
+    dims = 3 if config["encoder"]["output"] == "grid" else 1
+    if len(shape) != dims:
+        raise CaptionerError(f"{path}: 'feature_shape' {shape} does not fit encoder output "
+                             f"{config['encoder']['output']!r} ({dims} dimensions)")
 
 
 def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -77,29 +166,31 @@ def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     config = _read_object(directory / CONFIG_FILE)
     if config.get("format") != BUNDLE_FORMAT:
         raise CaptionerError(f"{directory / CONFIG_FILE}: bundle format {config.get('format')!r}, expected {BUNDLE_FORMAT}")
-    required = {"encoder": ("name", "weights", "input_size", "output"), "decoder": ("kind",),
-                "decoding": ("beam_size", "max_length")}
-    for section, keys in required.items():
-        missing = [k for k in keys if not isinstance(config.get(section), dict) or k not in config[section]]
-        if missing:
-            raise CaptionerError(f"{directory / CONFIG_FILE}: lacks {section}.{missing[0]}")
-    try:
-        config["feature_shape"] = [int(d) for d in config["feature_shape"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CaptionerError(f"{directory / CONFIG_FILE}: missing or malformed feature_shape") from exc
+    _check_config(directory / CONFIG_FILE, config)
     return config
+
+
+def read_vocab(directory: str | os.PathLike[str], config: dict[str, Any]) -> Vocabulary:
+    """Read and check a bundle's vocab.json against its (checked) config.json, without loading TensorFlow."""
+    path = Path(directory) / VOCAB_FILE
+    vocab = Vocabulary.from_json(_read_object(path), str(path))
+    if vocab.max_length != config["decoding"]["max_length"]:
+        raise CaptionerError(f"{path}: max_length {vocab.max_length} but {CONFIG_FILE} says decoding.max_length "
+                             f"{config['decoding']['max_length']} (files from different runs?)")
+    if len(vocab) != config["decoder"]["vocab_size"]:
+        raise CaptionerError(f"{path}: {len(vocab)} tokens but {CONFIG_FILE} says decoder.vocab_size "
+                             f"{config['decoder']['vocab_size']} (files from different runs?)")
+    return vocab
 
 
 def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
     """Load a bundle and check that its files agree (vocabulary vs model output, feature shape vs model input)."""
-    from captioner.model import decoder_input_shape, decoder_kind, load_decoder
-
     directory = Path(directory)
     config = read_config(directory)
-    try:
-        vocab = Vocabulary.from_json(_read_object(directory / VOCAB_FILE))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CaptionerError(f"{directory / VOCAB_FILE}: not a vocabulary ({exc})") from exc
+    vocab = read_vocab(directory, config)
+
+    from captioner.model import decoder_input_shape, decoder_kind, load_decoder
+
     try:
         model = load_decoder(directory / MODEL_FILE)
     except Exception as exc:  # Keras raises many types for a corrupt or foreign file

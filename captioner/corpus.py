@@ -11,7 +11,7 @@ import numpy as np
 from captioner.datasets.raw import SPLITS, read_captions_csv
 from captioner.errors import CaptionerError
 from captioner.jsonfile import read_json
-from captioner.text import Vocabulary, clean_caption
+from captioner.text import RESERVED, Vocabulary, clean_caption
 
 
 def clean_captions(captions_csv: Path, min_words: int) -> tuple[dict[str, list[str]], dict[str, int]]:
@@ -54,6 +54,9 @@ def tokenize(
     if not train_captions:
         raise CaptionerError("tokenize: the train split has no captions (check data/raw/report.json)")
     vocab = Vocabulary.build(train_captions, min_count=min_count, max_length_percentile=max_length_percentile)
+    if len(vocab) == len(RESERVED):
+        print(f"warning: no train word is seen tokenize.min_count={min_count} times: the vocabulary holds only "
+              f"{', '.join(RESERVED)}, so every word becomes <unk> and the model cannot learn to caption", file=sys.stderr)
     position = {n: i for i, n in enumerate(names)}
     arrays: dict[str, np.ndarray] = {"names": np.array(names, dtype=str)}
     for split in SPLITS:

@@ -96,11 +96,11 @@ def sample_figure(
 
 def run_evaluate(
     params: dict[str, Any],
-    model_dir: str | os.PathLike[str] = "models/captioner",
-    features_dir: str | os.PathLike[str] = "data/features",
-    processed_dir: str | os.PathLike[str] = "data/processed",
-    raw_dir: str | os.PathLike[str] = "data/raw",
-    metrics_dir: str | os.PathLike[str] = "metrics",
+    model_dir: str | os.PathLike[str],
+    features_dir: str | os.PathLike[str],
+    processed_dir: str | os.PathLike[str],
+    raw_dir: str | os.PathLike[str],
+    metrics_dir: str | os.PathLike[str],
     progress: bool = True,
 ) -> dict[str, Any]:
     """The evaluate stage; returns the metrics written to metrics/eval.json."""

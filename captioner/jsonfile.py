@@ -21,3 +21,5 @@ def read_json(path: str | os.PathLike[str], what: str, stage: str | None = None)
         raise CaptionerError(f"{path}: not UTF-8 text ({exc.reason})") from exc
     except json.JSONDecodeError as exc:
         raise CaptionerError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from exc
+    except OSError as exc:
+        raise CaptionerError(f"{path}: cannot read {what} ({exc.strerror or exc})") from exc

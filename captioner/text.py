@@ -6,13 +6,20 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from captioner.errors import CaptionerError
+from captioner.schema import Field, check
 
 PAD, UNK, START, END = "<pad>", "<unk>", "<start>", "<end>"
 PAD_ID, UNK_ID, START_ID, END_ID = 0, 1, 2, 3
 RESERVED = (PAD, UNK, START, END)
+MAX_LENGTH = 200  # longest padded sequence (<start> + words + <end>) a vocabulary or a bundle may ask for
+
+_MAX_LENGTH_FIELD = Field("int", low=len(RESERVED) - 1, high=MAX_LENGTH)
+_TOKENS_FIELD = Field("list")
 
 _DIGIT = re.compile(r"\d")
 _NON_LETTER = re.compile(r"[^a-z]+")
@@ -48,15 +55,26 @@ class Vocabulary:
             raise ValueError("no captions to build a vocabulary from")
         words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
         cap = math.ceil(float(np.percentile(lengths, max_length_percentile)))
-        return cls(tokens=RESERVED + tuple(words), max_length=max(cap, 1) + 2)
+        return cls(tokens=RESERVED + tuple(words), max_length=min(max(cap, 1) + 2, MAX_LENGTH))
 
     @classmethod
-    def from_json(cls, data: dict) -> "Vocabulary":
-        """Rebuild from the dict that `to_json` wrote (vocab.json)."""
-        tokens = tuple(data["tokens"])
-        if tokens[: len(RESERVED)] != RESERVED:
-            raise ValueError(f"vocabulary must start with {RESERVED}")
-        return cls(tokens=tokens, max_length=int(data["max_length"]))
+    def from_json(cls, data: Any, where: str = "vocab.json") -> "Vocabulary":
+        """Rebuild from the dict that `to_json` wrote (vocab.json), checking every value; errors name `where`."""
+        if not isinstance(data, dict):
+            raise CaptionerError(f"{where}: expected a JSON object")
+        tokens = check(where, "tokens", data.get("tokens"), _TOKENS_FIELD)
+        max_length = check(where, "max_length", data.get("max_length"), _MAX_LENGTH_FIELD)
+        bad = next((t for t in tokens if not isinstance(t, str) or not t or t != t.strip() or " " in t), None)
+        if bad is not None or len(tokens) == 0:
+            raise CaptionerError(f"{where}: 'tokens' must be a list of words without spaces, found {bad!r}")
+        if tuple(tokens[: len(RESERVED)]) != RESERVED:
+            raise CaptionerError(f"{where}: 'tokens' must start with {', '.join(RESERVED)}")
+        if len(set(tokens)) != len(tokens):
+            repeated = next(t for t in tokens if tokens.count(t) > 1)
+            raise CaptionerError(f"{where}: 'tokens' lists {repeated!r} twice")
+        if "size" in data and data["size"] != len(tokens):
+            raise CaptionerError(f"{where}: 'size' is {data['size']!r} but 'tokens' has {len(tokens)} entries")
+        return cls(tokens=tuple(tokens), max_length=max_length)
 
     def to_json(self) -> dict:
         """A JSON-ready dict: the token list (index = id) and the padded sequence length."""

@@ -313,19 +313,13 @@ def fit_decoder(
     return model, summary
 
 
-def _check_self_critical(train_params: dict[str, Any]) -> None:
-    """Refuse self-critical settings that cannot work, before any data is loaded."""
-    if train_params["scst_samples"] < 2:
-        raise CaptionerError("params.yaml: train.scst_samples must be at least 2 (each sample's baseline is the others)")
-
-
 def run_train(
     params: dict[str, Any],
-    features_dir: str | os.PathLike[str] = "data/features",
-    processed_dir: str | os.PathLike[str] = "data/processed",
-    model_dir: str | os.PathLike[str] = "models/captioner",
-    metrics_path: str | os.PathLike[str] = "metrics/train.json",
-    live_dir: str | None = "dvclive",
+    features_dir: str | os.PathLike[str],
+    processed_dir: str | os.PathLike[str],
+    model_dir: str | os.PathLike[str],
+    metrics_path: str | os.PathLike[str],
+    live_dir: str | None,
     verbose: int | str = "auto",
 ) -> dict[str, Any]:
     """The train stage: fit on the pipeline's outputs, write the bundle and metrics/train.json; return the metrics."""
@@ -337,8 +331,6 @@ def run_train(
     start = time.monotonic()
     cap = TimeCap(train_params["max_minutes"], start)
     self_critical_on = train_params["scst_epochs"] > 0
-    if self_critical_on:
-        _check_self_critical(train_params)
     data = load_train_data(features_dir, processed_dir, train_params["decoder"])
     if self_critical_on:
         captions = read_captions(Path(processed_dir) / "captions.json")

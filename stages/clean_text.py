@@ -1,18 +1,17 @@
 """DVC stage `clean_text`: data/raw/captions.csv -> data/processed/captions.json (cleaned captions per image)."""
 
-from pathlib import Path
-
 from captioner.atomic import write_json
 from captioner.corpus import clean_captions
 from captioner.params import load_params
-from captioner.stage import run_main
+from captioner.stage import run_main, stage_args
 
 
 def main() -> None:
-    params = load_params()
-    captions, stats = clean_captions(Path("data/raw/captions.csv"), params["text"]["min_words"])
-    write_json(Path("data/processed/captions.json"), captions)
-    print(f"data/processed/captions.json: {stats}")
+    """Clean every caption and keep those with at least `text.min_words` words."""
+    args = stage_args(__doc__, inputs=["captions"], outputs=["out"])
+    captions, stats = clean_captions(args.captions, load_params(args.params)["text"]["min_words"])
+    write_json(args.out, captions)
+    print(f"{args.out}: {stats}")
 
 
 if __name__ == "__main__":

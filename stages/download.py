@@ -1,17 +1,16 @@
 """DVC stage `download`: turn the configured source (sample, folder, archive, kaggle) into data/raw/."""
 
-from pathlib import Path
-
 from captioner.datasets import prepare_raw
 from captioner.params import load_params
-from captioner.stage import run_main
+from captioner.stage import run_main, stage_args
 
 
 def main() -> None:
-    params = load_params()
-    dataset = prepare_raw(params["data"], Path("data/raw"))
+    """Build the raw dataset that params.yaml's `data` section names."""
+    args = stage_args(__doc__, inputs=[], outputs=["out"])
+    dataset = prepare_raw(load_params(args.params)["data"], args.out)
     report = dataset.report
-    print(f"data/raw: {report['images']} images, {report['captions']} captions, splits {report['splits']}")
+    print(f"{args.out}: {report['images']} images, {report['captions']} captions, splits {report['splits']}")
 
 
 if __name__ == "__main__":

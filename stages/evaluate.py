@@ -2,11 +2,13 @@
 
 from captioner.evaluation import run_evaluate
 from captioner.params import load_params
-from captioner.stage import run_main
+from captioner.stage import run_main, stage_args
 
 
 def main() -> None:
-    scores = run_evaluate(load_params())
+    """Score the bundle on params.yaml's `evaluate.split` with `evaluate.beam_size`."""
+    args = stage_args(__doc__, inputs=["model", "features", "processed", "raw"], outputs=["metrics"])
+    scores = run_evaluate(load_params(args.params), args.model, args.features, args.processed, args.raw, args.metrics)
     print(
         f"{scores['split']} ({scores['n_images']} images, beam {scores['beam_size']}): "
         + ", ".join(f"{k} {scores[k]:.4f}" for k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider"))

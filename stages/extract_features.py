@@ -1,17 +1,16 @@
 """DVC stage `extract_features`: data/raw/Images -> data/features/ (features.h5 + meta.json)."""
 
-from pathlib import Path
-
 from captioner.features import run_extraction
 from captioner.params import load_params
-from captioner.stage import run_main
+from captioner.stage import run_main, stage_args
 
 
 def main() -> None:
-    params = load_params()
-    meta = run_extraction(Path("data/raw/Images"), Path("data/features"), params["features"])
+    """Encode every image with the encoder that params.yaml's `features` section names."""
+    args = stage_args(__doc__, inputs=["images"], outputs=["out"])
+    meta = run_extraction(args.images, args.out, load_params(args.params)["features"])
     print(
-        f"data/features: {meta['num_images']} images, {meta['encoder']} {meta['output']} "
+        f"{args.out}: {meta['num_images']} images, {meta['encoder']} {meta['output']} "
         f"{tuple(meta['feature_shape'])} {meta['dtype']}, {meta['num_skipped']} skipped"
     )
 

@@ -1,24 +1,22 @@
 """DVC stage `tokenize`: vocabulary from the train captions and padded id sequences for every split."""
 
-from pathlib import Path
-
 import numpy as np
 
 from captioner.atomic import atomic_path, write_json
-from captioner.corpus import read_splits, tokenize
-from captioner.jsonfile import read_json
+from captioner.corpus import read_captions, read_splits, tokenize
 from captioner.params import load_params
-from captioner.stage import run_main
+from captioner.stage import run_main, stage_args
 
 
 def main() -> None:
-    params = load_params()["tokenize"]
-    captions = read_json(Path("data/processed/captions.json"), "cleaned captions", "clean_text")
-    splits = read_splits(Path("data/raw/splits.json"))
+    """Build vocab.json and sequences.npz from the cleaned captions and the split lists."""
+    args = stage_args(__doc__, inputs=["captions", "splits"], outputs=["vocab", "sequences"])
+    params = load_params(args.params)["tokenize"]
+    captions = read_captions(args.captions)
+    splits = read_splits(args.splits)
     vocab, arrays = tokenize(captions, splits, params["min_count"], params["max_length_percentile"])
-    out = Path("data/processed")
-    write_json(out / "vocab.json", vocab.to_json())
-    with atomic_path(out / "sequences.npz") as tmp:
+    write_json(args.vocab, vocab.to_json())
+    with atomic_path(args.sequences) as tmp:
         with tmp.open("wb") as f:
             np.savez_compressed(f, **arrays)
     counts = {s: len(arrays[f"{s}_tokens"]) for s in ("train", "val", "test")}

@@ -2,14 +2,19 @@
 
 import sys
 
-from captioner.params import load_params
-from captioner.stage import run_main
+from captioner.params import load_params, warn_useless
+from captioner.stage import run_main, stage_args
 from captioner.training import run_train
 
 
 def main() -> None:
+    """Train with params.yaml's `train` section and `seed`; print a summary."""
+    args = stage_args(__doc__, inputs=["features", "processed"], outputs=["model", "metrics", "live"])
+    params = load_params(args.params)
+    warn_useless(params, "train")
     verbose = "auto" if sys.stdout.isatty() else 2  # one line per epoch in logs (dvc repro pipes stdout)
-    summary = run_train(load_params(), verbose=verbose)
+    summary = run_train(params, args.features, args.processed, args.model, args.metrics, str(args.live),
+                        verbose=verbose)
     print(
         f"trained {summary['decoder']} for {summary['epochs_run']} epochs (best {summary['best_epoch']}, "
         f"stopped by {summary['stopped_by']}) in {summary['wall_seconds']:.0f} s, "

@@ -261,3 +261,155 @@ def test_png_images_in_folder_are_accepted(tmp_path):
     save_image(tmp_path / "src" / "Images" / "extra.png", 99)
     prepare_raw(data_params(source="folder", path=str(tmp_path / "src")), tmp_path / "raw")
     assert read_raw(tmp_path / "raw")[1]["images"] == sum(map(len, names.values()))
+
+
+def test_captions_file_that_is_not_utf8_names_the_line(tmp_path):
+    make_kaggle_folder(tmp_path / "src")
+    path = tmp_path / "src" / "captions.txt"
+    lines = path.read_bytes().split(b"\n")
+    lines[6] = lines[6].replace(b"grass", b"caf\xe9 grass")
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(CaptionerError, match=r"captions.txt:7: not UTF-8 text \(byte 0xe9 at column \d+\)") as err:
+        prepare_raw(data_params(source="folder", path=str(tmp_path / "src")), tmp_path / "raw")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "raw").exists() and list(tmp_path.iterdir()) == [tmp_path / "src"]
+
+
+def test_token_file_that_is_not_utf8_names_the_line(tmp_path):
+    make_original_folder(tmp_path / "src")
+    token = tmp_path / "src" / "Flickr8k.token.txt"
+    token.write_bytes(token.read_bytes() + b"x.jpg#0\t\xff\xfe bad\n")
+    with pytest.raises(CaptionerError, match=r"Flickr8k.token.txt:46: not UTF-8 text \(byte 0xff at column 9\)"):
+        prepare_raw(data_params(source="folder", path=str(tmp_path / "src")), tmp_path / "raw")
+
+
+@pytest.mark.parametrize("layout", ["kaggle", "original"])
+def test_byte_order_mark_is_accepted(tmp_path, layout):
+    names = (make_kaggle_folder if layout == "kaggle" else make_original_folder)(tmp_path / "src")
+    path = tmp_path / "src" / ("captions.txt" if layout == "kaggle" else "Flickr8k.token.txt")
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    prepare_raw(data_params(source="folder", path=str(tmp_path / "src")), tmp_path / "raw")
+    _, report, rows = read_raw(tmp_path / "raw")
+    assert report["images"] == sum(map(len, names.values())) and len(rows) == 5 * report["images"]
+    assert rows[0]["image"] == sorted(n for s in names.values() for n in s)[0]
+
+
+def test_duplicate_caption_lines_are_dropped_and_counted(tmp_path, capsys):
+    names = make_kaggle_folder(tmp_path / "src")
+    path = tmp_path / "src" / "captions.txt"
+    lines = path.read_text().splitlines()
+    first = names["train"][0]
+    path.write_text("\n".join(lines + [lines[1], lines[1], lines[2]]) + "\n")
+    prepare_raw(data_params(source="folder", path=str(tmp_path / "src")), tmp_path / "raw")
+    _, report, rows = read_raw(tmp_path / "raw")
+    assert report["duplicate_captions_dropped"] == 3
+    assert report["images_with_duplicate_captions"] == [first]
+    assert [r["caption"] for r in rows if r["image"] == first] == captions_for(first)
+    assert "warning: 3 duplicate caption lines dropped" in capsys.readouterr().err
+
+
+def test_unreadable_csv_row_is_a_line_error(tmp_path):
+    path = tmp_path / "captions.txt"
+    path.write_text("image,caption\na.jpg,fine\nb.jpg," + "word " * 40000 + "\n")
+    with pytest.raises(CaptionerError, match=r"captions.txt:3: malformed CSV \(field larger than field limit"):
+        read_captions_csv(path)
+
+
+def tar_with(path: Path, *members: tarfile.TarInfo, data: bytes = b"abc") -> None:
+    """A tar holding `members` (regular ones get `data` as content)."""
+    with tarfile.open(path, "w") as tf:
+        for info in members:
+            if info.isreg():
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+            else:
+                tf.addfile(info)
+
+
+def tar_info(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info
+
+
+@pytest.mark.parametrize(
+    "members, message",
+    [
+        ([tar_info("data/link", tarfile.LNKTYPE, "data/missing.jpg")],
+         r"refusing hard link to a file the archive does not hold before it: data/link -> data/missing.jpg"),
+        ([tar_info("data/link", tarfile.LNKTYPE, "data/a.jpg"), tar_info("data/a.jpg")],
+         r"refusing hard link .*: data/link -> data/a.jpg"),
+        ([tar_info("data", tarfile.DIRTYPE), tar_info("data/x", tarfile.LNKTYPE, "data")], r"refusing hard link .*: data/x -> data"),
+        ([tar_info("data/pipe", tarfile.FIFOTYPE)], r"refusing special file member: data/pipe"),
+        ([tar_info("data/tty", tarfile.CHRTYPE)], r"refusing special file member: data/tty"),
+        ([tar_info("data/disk", tarfile.BLKTYPE)], r"refusing special file member: data/disk"),
+        ([tar_info("data/odd", b"Z")], r"refusing special file member: data/odd"),
+        ([tar_info("abs", tarfile.SYMTYPE, "/etc/passwd")], r"refusing link that leaves the target folder: abs"),
+        ([tar_info("a"), tar_info("a/b")], r"cannot extract member a/b \(Not a directory\)"),
+    ],
+)
+def test_every_tar_member_type_is_handled_in_one_line(tmp_path, members, message):
+    tar_with(tmp_path / "odd.tar", *members)
+    with pytest.raises(CaptionerError, match=message) as err:
+        prepare_raw(data_params(source="archive", path=str(tmp_path / "odd.tar")), tmp_path / "work" / "raw")
+    assert "\n" not in str(err.value) and str(tmp_path / "odd.tar") in str(err.value)
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_tar_hard_link_to_an_earlier_file_is_extracted(tmp_path):
+    from captioner.datasets.archive import extract_archive
+
+    tar_with(tmp_path / "ok.tar", tar_info("./data/a.jpg"), tar_info("data/b.jpg", tarfile.LNKTYPE, "data/a.jpg"),
+             tar_info("data/c.jpg", tarfile.SYMTYPE, "a.jpg"))
+    extract_archive(tmp_path / "ok.tar", tmp_path / "out")
+    assert [(tmp_path / "out/data" / n).read_bytes() for n in ("a.jpg", "b.jpg", "c.jpg")] == [b"abc"] * 3
+
+
+def patch_zip_field(path: Path, offsets: dict[bytes, int], value: int) -> None:
+    """Overwrite a 2-byte field of the (only) local header and central directory entry of a zip."""
+    data = bytearray(path.read_bytes())
+    for signature, offset in offsets.items():
+        at = data.find(signature) + offset
+        data[at:at + 2] = value.to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+
+
+def zip_member(path: Path, name: str, mode: int = 0o100644, flag_bits: int = 0) -> None:
+    """A zip with one member carrying the given Unix mode and flag bits."""
+    info = zipfile.ZipInfo(name)
+    info.create_system, info.external_attr = 3, mode << 16
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(info, b"content")
+    if flag_bits:
+        patch_zip_field(path, {b"PK\x03\x04": 6, b"PK\x01\x02": 8}, flag_bits)
+
+
+@pytest.mark.parametrize(
+    "mode, flag_bits, message",
+    [
+        (0o120777, 0, r"refusing symbolic link member: data/m"),
+        (0o010644, 0, r"refusing special file member: data/m"),
+        (0o020644, 0, r"refusing special file member: data/m"),
+        (0o140755, 0, r"refusing special file member: data/m"),
+        (0o100644, 1, r"refusing encrypted member: data/m"),
+    ],
+)
+def test_every_zip_member_type_is_handled_in_one_line(tmp_path, mode, flag_bits, message):
+    zip_member(tmp_path / "odd.zip", "data/m", mode, flag_bits)
+    with pytest.raises(CaptionerError, match=message):
+        prepare_raw(data_params(source="archive", path=str(tmp_path / "odd.zip")), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_zip_member_with_unknown_compression_or_bad_crc_is_named(tmp_path):
+    zip_member(tmp_path / "a.zip", "data/m")
+    shutil.copy(tmp_path / "a.zip", tmp_path / "b.zip")
+    patch_zip_field(tmp_path / "b.zip", {b"PK\x03\x04": 8, b"PK\x01\x02": 10}, 99)
+    with pytest.raises(CaptionerError, match=r"b.zip: member data/m uses compression method 99"):
+        prepare_raw(data_params(source="archive", path=str(tmp_path / "b.zip")), tmp_path / "raw")
+    data = bytearray((tmp_path / "a.zip").read_bytes())
+    at = data.find(b"content")
+    data[at:at + 7] = b"CONTENT"
+    (tmp_path / "c.zip").write_bytes(bytes(data))
+    with pytest.raises(CaptionerError, match=r"c.zip: cannot extract member data/m \(Bad CRC-32"):
+        prepare_raw(data_params(source="archive", path=str(tmp_path / "c.zip")), tmp_path / "raw")

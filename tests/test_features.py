@@ -6,6 +6,7 @@ import json
 import os
 import runpy
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,8 @@ def test_stage_script_writes_data_features(tmp_path, monkeypatch):
     make_images(tmp_path / "data" / "raw" / "Images")
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["extract_features.py", "--params", "params.yaml",
+                                      "--images", "data/raw/Images", "--out", "data/features"])
     runpy.run_path(str(ROOT / "stages" / "extract_features.py"), run_name="__main__")
     meta = json.loads(Path("data/features/meta.json").read_text())
     assert meta["encoder"] == "efficientnet_lite0" and meta["num_images"] == 4

@@ -119,13 +119,3 @@ def test_self_critical_stops_at_the_stage_time_cap(problem):
     summary = train(problem, params)
     assert summary["time_cap_hit"] and summary.get("scst_epochs_run", 0) < 50
     assert time.monotonic() - start < 60
-
-
-def test_self_critical_settings_are_checked(problem):
-    from helpers_model import small_params
-    from test_train_eval import train
-
-    from captioner.errors import CaptionerError
-
-    with pytest.raises(CaptionerError, match="train.scst_samples must be at least 2"):
-        train(problem, small_params("inject", scst_epochs=1, scst_samples=1))

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from captioner.corpus import tokenize
-from captioner.text import END_ID, PAD_ID, START_ID, UNK_ID, Vocabulary, clean_caption
+from captioner.errors import CaptionerError
+from captioner.text import END_ID, MAX_LENGTH, PAD_ID, START_ID, UNK_ID, Vocabulary, clean_caption
 
 
 @pytest.mark.parametrize(
@@ -58,3 +59,39 @@ def test_tokenize_uses_train_split_only():
     assert arrays["train_tokens"].shape == (5, vocab.max_length)
     assert set(arrays["val_image"]) == {1}
     assert np.all(arrays["val_tokens"][:, 1:3] == UNK_ID)
+
+
+def test_only_reserved_tokens_is_a_warning(capsys):
+    captions = {"t.jpg": ["a dog runs"], "v.jpg": ["a cat"], "x.jpg": ["a cat"]}
+    splits = {"train": ["t.jpg"], "val": ["v.jpg"], "test": ["x.jpg"]}
+    vocab, _ = tokenize(captions, splits, min_count=5, max_length_percentile=100)
+    assert len(vocab) == 4
+    err = capsys.readouterr().err
+    assert "warning: no train word is seen tokenize.min_count=5 times: the vocabulary holds only <pad>" in err
+    tokenize({**captions, "t.jpg": ["a dog runs"] * 5}, splits, min_count=5, max_length_percentile=100)
+    assert "vocabulary holds only" not in capsys.readouterr().err
+
+
+def test_max_length_is_capped():
+    vocab = Vocabulary.build(["word " * 5000], min_count=1, max_length_percentile=100)
+    assert vocab.max_length == MAX_LENGTH
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"max_length": 10**9}, r"'max_length' must be an integer >= 3 <= 200, got 1000000000"),
+        ({"max_length": "12"}, r"'max_length' must be an integer"),
+        ({"max_length": None}, r"'max_length' is empty"),
+        ({"tokens": "a b"}, r"'tokens' must be a list"),
+        ({"tokens": ["a", "<pad>", "<unk>", "<start>", "<end>"]}, r"'tokens' must start with <pad>, <unk>, <start>, <end>"),
+        ({"tokens": ["<pad>", "<unk>", "<start>", "<end>", "dog", "dog"]}, r"'tokens' lists 'dog' twice"),
+        ({"tokens": ["<pad>", "<unk>", "<start>", "<end>", 7]}, r"'tokens' must be a list of words without spaces, found 7"),
+        ({"size": 99}, r"'size' is 99 but 'tokens' has 7 entries"),
+    ],
+)
+def test_vocabulary_json_values_are_checked(change, message):
+    data = {**Vocabulary.build(["a dog runs"], min_count=1, max_length_percentile=99).to_json(), **change}
+    with pytest.raises(CaptionerError, match=message) as err:
+        Vocabulary.from_json(data, "bundle/vocab.json")
+    assert str(err.value).startswith("bundle/vocab.json: ")

@@ -106,7 +106,7 @@ def test_bundle_vocab_mismatch_is_a_one_line_error(trained, tmp_path):
     vocab["tokens"].append("extra")
     vocab["size"] += 1
     (bundle / "vocab.json").write_text(json.dumps(vocab))
-    with pytest.raises(CaptionerError, match="predicts .* tokens but vocab.json has") as err:
+    with pytest.raises(CaptionerError, match=r"vocab.json: \d+ tokens but config.json says decoder.vocab_size") as err:
         load_bundle(bundle)
     assert "\n" not in str(err.value)
     (bundle / "decoder.keras").unlink()
@@ -135,7 +135,9 @@ def test_grid_features_train_every_decoder(decoder, tmp_path):
 def test_training_is_deterministic_and_respects_the_time_budget(tmp_path):
     make_dataset(tmp_path)
     first = train(tmp_path, small_params("merge", epochs=3))
+    bundle = {p.name: p.read_bytes() for p in (tmp_path / "models/captioner").iterdir()}
     second = train(tmp_path, small_params("merge", epochs=3))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "models/captioner").iterdir()} == bundle
     assert first["best_val_loss"] == second["best_val_loss"]
     assert first["final_train_loss"] == second["final_train_loss"]
     stopped = train(tmp_path, small_params("merge", epochs=50, max_minutes=0.0001))

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from captioner.atomic import scratch_dir
 from captioner.datasets.archive import extract_archive, extract_nested
 from captioner.datasets.flickr8k import load_folder
 from captioner.datasets.kaggle import download_kaggle
@@ -28,11 +28,9 @@ def prepare_raw(data: dict[str, Any], out_dir: Path) -> RawDataset:
     source = data["source"]
     if source not in SOURCES:
         raise CaptionerError(f"params.yaml: data.source '{source}' is unknown (choose one of {', '.join(SOURCES)})")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".download-", dir=out_dir.parent) as scratch:
-        scratch_dir = Path(scratch)
+    with scratch_dir(out_dir) as scratch:
         if source == "sample":
-            dataset = generate_sample(scratch_dir, n_images=data["sample_images"], seed=data["sample_seed"])
+            dataset = generate_sample(scratch, n_images=data["sample_images"], seed=data["sample_seed"])
         elif source == "folder":
             paths = _paths(data["path"])
             if len(paths) != 1:
@@ -40,9 +38,9 @@ def prepare_raw(data: dict[str, Any], out_dir: Path) -> RawDataset:
             dataset = load_folder(paths[0])
         elif source == "archive":
             for archive in _paths(data["path"]):
-                extract_archive(archive, scratch_dir)
-            extract_nested(scratch_dir)
-            dataset = load_folder(scratch_dir)
+                extract_archive(archive, scratch)
+            extract_nested(scratch)
+            dataset = load_folder(scratch)
             dataset.report["source_path"] = [str(p) for p in _paths(data["path"])]
         else:
             dataset = load_folder(download_kaggle(data["kaggle_dataset"]))

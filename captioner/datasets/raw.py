@@ -6,7 +6,9 @@ caption), `splits.json` ({"train", "val", "test"} -> image names) and `report.js
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -33,12 +35,28 @@ class RawDataset:
     report: dict[str, Any] = field(default_factory=dict)
 
 
+def read_text(path: Path) -> str:
+    """A captions file as text: UTF-8 (a byte order mark is dropped); other bytes are an error naming the line."""
+    data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise CaptionerError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column}); "
+            "save the file as UTF-8"
+        ) from exc
+
+
 def read_captions_csv(path: Path) -> tuple[dict[str, list[str]], int]:
     """Read an `image,caption` CSV into {image: [captions]}; returns it and the number of empty captions."""
     captions: dict[str, list[str]] = {}
     empty = 0
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    try:
         header = next(reader, None)
         if header is None:
             raise CaptionerError(f"{path}: empty captions file (expected a header 'image,caption')")
@@ -46,7 +64,8 @@ def read_captions_csv(path: Path) -> tuple[dict[str, list[str]], int]:
         if "image" not in columns or "caption" not in columns:
             raise CaptionerError(f"{path}:1: header must have columns 'image' and 'caption', got {header}")
         i_image, i_caption = columns.index("image"), columns.index("caption")
-        for line, row in enumerate(reader, start=2):
+        for row in reader:
+            line = reader.line_num
             if not row:
                 continue
             if len(row) <= max(i_image, i_caption):
@@ -60,6 +79,8 @@ def read_captions_csv(path: Path) -> tuple[dict[str, list[str]], int]:
                 captions.setdefault(image, [])
                 continue
             captions.setdefault(image, []).append(caption)
+    except csv.Error as exc:
+        raise CaptionerError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from exc
     if not captions:
         raise CaptionerError(f"{path}: no caption rows after the header")
     return captions, empty
@@ -69,21 +90,20 @@ def read_token_file(path: Path) -> tuple[dict[str, list[str]], int]:
     """Read the original `name.jpg#k<TAB>caption` file into {image: [captions]} and the empty-caption count."""
     captions: dict[str, list[str]] = {}
     empty = 0
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            key, sep, caption = line.partition("\t")
-            name, hash_sign, _ = key.partition("#")
-            if not sep or not hash_sign or not name:
-                raise CaptionerError(f"{path}:{line_no}: expected 'name.jpg#k<TAB>caption', got {line[:60]!r}")
-            caption = caption.strip()
-            if not caption:
-                empty += 1
-                captions.setdefault(name, [])
-                continue
-            captions.setdefault(name, []).append(caption)
+    for line_no, line in enumerate(read_text(path).split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        key, sep, caption = line.partition("\t")
+        name, hash_sign, _ = key.partition("#")
+        if not sep or not hash_sign or not name:
+            raise CaptionerError(f"{path}:{line_no}: expected 'name.jpg#k<TAB>caption', got {line[:60]!r}")
+        caption = caption.strip()
+        if not caption:
+            empty += 1
+            captions.setdefault(name, [])
+            continue
+        captions.setdefault(name, []).append(caption)
     if not captions:
         raise CaptionerError(f"{path}: no caption lines")
     return captions, empty
@@ -104,13 +124,24 @@ def _undecodable(path: Path) -> str | None:
     return None
 
 
+def _drop_duplicates(captions: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Each image's captions with exact repeats dropped (first kept, order kept), and the repeats per image."""
+    unique = {name: list(dict.fromkeys(caps)) for name, caps in captions.items()}
+    dropped = {name: len(captions[name]) - len(caps) for name, caps in unique.items() if len(caps) < len(captions[name])}
+    return unique, dropped
+
+
 def finalize(
     captions: dict[str, list[str]],
     splits: dict[str, list[str]],
     image_files: dict[str, Path],
     report: dict[str, Any],
 ) -> RawDataset:
-    """Keep the images that are in a split, have captions and a readable file; record every drop in the report."""
+    """Keep the images that are in a split, have captions and a readable file; record every drop in the report.
+
+    A caption repeated word for word for the same image (a duplicated line) is kept once and counted.
+    """
+    captions, duplicates = _drop_duplicates(captions)
     missing = sorted({n for names in splits.values() for n in names if n not in image_files} |
                      {n for n in captions if n not in image_files})
     no_captions = sorted(n for names in splits.values() for n in names if n in image_files and not captions.get(n))
@@ -132,7 +163,12 @@ def finalize(
         "undecodable_images": undecodable,
         "not_in_any_split": sorted(n for n in captions if n in image_files and n not in in_split),
         "fewer_than_five_captions": sorted(n for n in usable if len(captions[n]) < CAPTIONS_PER_IMAGE),
+        "duplicate_captions_dropped": sum(duplicates.values()),
+        "images_with_duplicate_captions": sorted(duplicates),
     })
+    if duplicates:
+        print(f"warning: {sum(duplicates.values())} duplicate caption lines dropped ({_few(sorted(duplicates))}); "
+              "see data/raw/report.json", file=sys.stderr)
     if missing:
         print(f"warning: {len(missing)} images named in the split lists or captions are not in the images "
               f"folder and were dropped ({_few(missing)}); all listed in data/raw/report.json", file=sys.stderr)
