@@ -23,7 +23,7 @@ from keras import layers, ops
 
 from captioner.errors import CaptionerError
 from captioner.feature_store import pool_grid
-from captioner.text import PAD_ID
+from captioner.text import END_ID, PAD_ID
 
 DECODERS = ("merge", "inject", "attention")
 _PACKAGE = "captioner"
@@ -87,6 +87,24 @@ class RepeatRows(layers.Layer):
     def compute_output_shape(self, input_shapes):
         per_image, captions = input_shapes
         return (captions[0], *per_image[1:])
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class PackPositions(layers.Layer):
+    """Keep only the positions that predict a real word: (N, T, D) -> (P, D), row-major, P = real targets.
+
+    Input position t predicts token t+1, a real word or <end>, exactly when token t is neither pad nor
+    <end>; so the output projection and the loss skip the padding of the batch's shorter captions.
+    """
+
+    def call(self, inputs):
+        hidden, tokens = inputs
+        keep = ops.logical_and(ops.not_equal(tokens, PAD_ID), ops.not_equal(tokens, END_ID))
+        index = ops.nonzero(ops.reshape(keep, (-1,)))[0]
+        return ops.take(ops.reshape(hidden, (-1, hidden.shape[-1])), index, axis=0)
+
+    def compute_output_shape(self, input_shapes):
+        return (None, input_shapes[0][-1])
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -182,6 +200,7 @@ def _make_layers(spec: DecoderSpec, dtype: str) -> dict[str, layers.Layer]:
         "logits": layers.Dense(v, name="logits", dtype=dtype),
         "logits_float32": layers.Activation("linear", name="logits_float32", dtype="float32"),
         "per_caption": RepeatRows(name="per_caption", dtype=dtype),
+        "pack": PackPositions(name="pack", dtype=dtype),
     }
     if spec.kind == "merge":
         made["image_proj"] = layers.Dense(u, activation="relu", name="image_proj", dtype=dtype)
@@ -227,9 +246,9 @@ def _encode(kind: str, lay: dict, image):
 
 
 def _decode(kind: str, lay: dict, tokens, h0, c0, context):
-    """Token ids (N, T) + state + context -> (logits (N, T, V), h, c, attention weights (N, T, L) or None).
+    """Token ids (N, T) + state + context -> (output features (N, T, U), h, c, attention weights (N, T, L) or None).
 
-    T is the whole caption (training) or 1 (a decoding step).
+    T is the whole caption (training) or 1 (a decoding step); `_logits` turns the features into logits.
     """
     words = lay["embedding_dropout"](lay["embedding"](tokens))
     if kind == "attention":
@@ -243,12 +262,20 @@ def _decode(kind: str, lay: dict, tokens, h0, c0, context):
     else:
         attended, alpha = lay["attend"]([seq, context[1], context[0]])
         out = lay["hidden"](lay["merge"]([seq, attended]))
-    logits = lay["logits_float32"](lay["logits"](lay["output_dropout"](out)))
-    return logits, h, c, alpha
+    return out, h, c, alpha
+
+
+def _logits(lay: dict, out):
+    """Output features -> float32 next-token logits."""
+    return lay["logits_float32"](lay["logits"](lay["output_dropout"](out)))
 
 
 def build_decoder(spec: DecoderSpec, dtype: str = "float32") -> keras.Model:
-    """The training model: (images (B, ...), input token ids (B*K, T)) -> next-token logits (B*K, T, V)."""
+    """The training model: (images (B, ...), input ids (B*K, T)) -> logits (P, V) of the P real next tokens.
+
+    The logits come packed, row-major, for the positions whose target is a real token (see
+    `pack_targets`), so padding costs neither the output projection nor the loss.
+    """
     if spec.kind not in DECODERS:
         raise ValueError(f"unknown decoder {spec.kind!r} (known: {', '.join(DECODERS)})")
     lay = _make_layers(spec, dtype)
@@ -256,8 +283,14 @@ def build_decoder(spec: DecoderSpec, dtype: str = "float32") -> keras.Model:
     tokens = keras.Input((None,), dtype="int32", name="tokens")
     h0, c0, context = _encode(spec.kind, lay, image)
     h0, c0, *context = (lay["per_caption"]([x, tokens]) for x in (h0, c0, *context))
-    logits, _, _, _ = _decode(spec.kind, lay, tokens, h0, c0, context)
+    out, _, _, _ = _decode(spec.kind, lay, tokens, h0, c0, context)
+    logits = _logits(lay, lay["pack"]([out, tokens]))
     return keras.Model([image, tokens], logits, name=f"captioner_{spec.kind}")
+
+
+def pack_targets(targets: np.ndarray) -> np.ndarray:
+    """Target ids (N, T), 0-padded -> the real ones (P,), row-major: the order of the training model's logits."""
+    return targets[targets != PAD_ID]
 
 
 def decoder_kind(model: keras.Model) -> str:
@@ -295,7 +328,8 @@ def step_models(model: keras.Model) -> StepModels:
     h_in = keras.Input(h0.shape[1:], name="h")
     c_in = keras.Input(c0.shape[1:], name="c")
     ctx_in = [keras.Input(t.shape[1:], name=f"context_{i}") for i, t in enumerate(context)]
-    logits, h, c, alpha = _decode(kind, lay, token, h_in, c_in, ctx_in)
+    out, h, c, alpha = _decode(kind, lay, token, h_in, c_in, ctx_in)
+    logits = _logits(lay, out)
     log_probs = layers.Activation("log_softmax")(layers.Reshape((logits.shape[-1],))(logits))
     outputs = [log_probs, h, c]
     if alpha is not None:
@@ -305,7 +339,7 @@ def step_models(model: keras.Model) -> StepModels:
 
 
 def caption_loss() -> keras.losses.Loss:
-    """Mean cross-entropy from logits over real target tokens only (the pad id is ignored)."""
+    """Mean cross-entropy from logits over the real target tokens (packed; a stray pad id would be ignored)."""
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD_ID)
 
 

@@ -79,14 +79,18 @@ def policy_step(model, learning_rate: float, vocab_size: int) -> Callable:
     banned[list(BANNED_IDS)] = -1e9
 
     @tf.function(reduce_retracing=True)
-    def step(images, inputs, targets, weights):
+    def compiled(images, inputs, targets, weights):
         with tf.GradientTape() as tape:
-            logits = tf.cast(model([images, inputs], training=False), tf.float32)
+            logits = tf.cast(model([images, inputs], training=False), tf.float32)  # (P, V), packed
             log_probs = tf.nn.log_softmax(logits + banned)
-            chosen = tf.gather(log_probs, targets, batch_dims=2)  # (N, T) log p of each sampled token
+            chosen = tf.gather(log_probs, targets, batch_dims=1)  # (P,) log p of each sampled token
             loss = -tf.reduce_sum(chosen * weights)
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
+
+    def step(images, inputs, targets, weights):
+        real = targets != PAD_ID
+        return compiled(images, inputs, targets[real], weights[real])
 
     return step
 

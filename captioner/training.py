@@ -128,15 +128,17 @@ def image_batch_plan(
 
 
 def _as_model_batch(features, tokens: np.ndarray, image_rows: np.ndarray, caption_ids: np.ndarray):
-    """((images (B, ...) float32, input ids (B*k, w-1)), target ids (B*k, w-1)) padded to the batch's longest caption."""
+    """((images (B, ...) float32, input ids (B*k, w-1)), packed target ids (P,)), w the batch's longest caption."""
+    from captioner.model import pack_targets
+
     toks = tokens[caption_ids]
     width = max(int(caption_lengths(toks).max()), 2)
     toks = toks[:, :width]
-    return (np.asarray(features[image_rows], dtype=np.float32), toks[:, :-1]), toks[:, 1:]
+    return (np.asarray(features[image_rows], dtype=np.float32), toks[:, :-1]), pack_targets(toks[:, 1:])
 
 
 def make_dataset(features, captions: CaptionSet, batch_size: int, seed: int | None, captions_per_image: int = 1):
-    """tf.data of ((image features, input ids), target ids) batches padded to their own longest caption.
+    """tf.data of ((image features, input ids), packed target ids) batches padded to their own longest caption.
 
     With `captions_per_image` k > 1 (training), a batch holds batch_size // k images, each with k of its
     captions, so the decoder's image side runs once per image; a seed reshuffles every epoch
@@ -169,7 +171,7 @@ def make_dataset(features, captions: CaptionSet, batch_size: int, seed: int | No
             tf.TensorSpec((None, *features.shape[1:]), tf.float32),
             tf.TensorSpec((None, None), tf.int32),
         ),
-        tf.TensorSpec((None, None), tf.int32),
+        tf.TensorSpec((None,), tf.int32),
     )
     ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
     return ds.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(2)

@@ -5,12 +5,14 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from captioner.text import END_ID  # noqa: E402
 from captioner.model import (  # noqa: E402
     DecoderSpec,
     build_decoder,
     decoder_input_shape,
     load_decoder,
     caption_loss,
+    pack_targets,
     step_models,
 )
 
@@ -22,7 +24,7 @@ def batch(spec: DecoderSpec, n: int = 6, length: int = 7, seed: int = 0):
     image = rng.normal(size=(n, *decoder_input_shape(spec.kind, spec.feature_shape))).astype("float32")
     tokens = rng.integers(4, spec.vocab_size, size=(n, length)).astype("int32")
     tokens[:, 0] = 2
-    tokens[0, 4:] = 0  # a shorter caption: padding must not count in the loss
+    tokens[0, 4], tokens[0, 5:] = END_ID, 0  # a shorter caption: its padding must not count
     return image, tokens
 
 
@@ -33,17 +35,18 @@ def test_decoder_trains_saves_and_loads_safely(kind, tmp_path):
     model.compile(keras.optimizers.Adam(1e-2), loss=caption_loss())
     image, tokens = batch(spec)
     before = model.predict([image, tokens[:, :-1]], verbose=0)
-    loss = model.train_on_batch([image, tokens[:, :-1]], tokens[:, 1:])
+    loss = model.train_on_batch([image, tokens[:, :-1]], pack_targets(tokens[:, 1:]))
     assert np.isfinite(loss)
     after = model.predict([image, tokens[:, :-1]], verbose=0)
-    assert after.shape == (6, 6, 30) and not np.allclose(before, after)
+    assert after.shape == (4 + 5 * 6, 30) and not np.allclose(before, after)  # packed: real targets only
+    assert len(pack_targets(tokens[:, 1:])) == len(after)
     model.save(tmp_path / "m.keras")
     loaded = load_decoder(tmp_path / "m.keras")
     np.testing.assert_array_equal(loaded.predict([image, tokens[:, :-1]], verbose=0), after)
 
     steps = step_models(loaded)
     h, c, *context = steps.init(image)
-    full = keras.ops.convert_to_numpy(keras.ops.log_softmax(loaded([image, tokens[:, :3]]), axis=-1))
+    full = keras.ops.convert_to_numpy(keras.ops.log_softmax(loaded([image, tokens[:, :3]]), axis=-1)).reshape(6, 3, -1)
     assert steps.attention == (kind == "attention")
     for t in range(3):
         log_p, h, c, *alpha = steps.step([keras.ops.convert_to_tensor(tokens[:, t : t + 1]), h, c, *context])
@@ -65,13 +68,14 @@ def attention_spec() -> DecoderSpec:
                        heads=4)
 
 
-def test_attention_outputs_at_real_positions_ignore_padding():
+def test_attention_logits_skip_padded_positions_and_ignore_them():
     model = build_decoder(attention_spec())
     image, tokens = batch(attention_spec(), n=4, length=6)
     padded = np.concatenate([tokens, np.zeros((4, 9), dtype="int32")], axis=1)  # 9 more pad positions
     short = keras.ops.convert_to_numpy(model([image, tokens]))
     long = keras.ops.convert_to_numpy(model([image, padded]))
-    np.testing.assert_allclose(long[:, :6], short, atol=1e-5)
+    assert len(short) == 4 + 3 * 6  # row 0 ends after 4 real targets; pads and <end> predict nothing
+    np.testing.assert_allclose(long, short, atol=1e-5)
 
 
 def test_k_captions_per_image_equal_repeated_images():
@@ -94,7 +98,7 @@ def test_bfloat16_model_computes_close_to_float32_and_returns_float32_logits():
     b = keras.ops.convert_to_numpy(b)
     assert not np.array_equal(a, b) and np.abs(a - b).max() < 0.1 * np.abs(a).max()
     mixed.compile(keras.optimizers.Adam(1e-2), loss=caption_loss())
-    assert np.isfinite(mixed.train_on_batch([image, tokens[:, :-1]], tokens[:, 1:]))
+    assert np.isfinite(mixed.train_on_batch([image, tokens[:, :-1]], pack_targets(tokens[:, 1:])))
 
 
 def test_unknown_decoder_and_pooled_attention_are_refused():
