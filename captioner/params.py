@@ -19,6 +19,10 @@ DEFAULTS: dict[str, Any] = {
         "kaggle_dataset": "adityajn105/flickr8k",
         "sample_images": 400,
         "sample_seed": 0,
+        "split": "official",
+        "val_fraction": 0.1,
+        "test_fraction": 0.1,
+        "split_seed": 0,
     },
     "features": {
         "encoder": "efficientnet_lite0",
