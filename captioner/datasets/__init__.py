@@ -1,4 +1,5 @@
-"""Dataset sources (embedded sample, Flickr8k-layout folder / archive / Kaggle), each turned into `data/raw/`."""
+"""Dataset sources (embedded sample, Flickr8k-layout folder / archive / Kaggle, Karpathy split files),
+each turned into `data/raw/`."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from typing import Any
 from captioner.datasets.archive import extract_archive, extract_nested
 from captioner.datasets.flickr8k import load_folder
 from captioner.datasets.kaggle import download_kaggle
+from captioner.datasets.karpathy import load_karpathy
 from captioner.datasets.raw import RawDataset, write_raw
 from captioner.datasets.sample import generate_sample
 from captioner.datasets.splitting import check_split_params
 from captioner.errors import CaptionerError
 
-SOURCES = ("sample", "folder", "archive", "kaggle")
+SOURCES = ("sample", "folder", "archive", "kaggle", "karpathy")
 
 
 def _paths(value: Any) -> list[Path]:
@@ -56,6 +58,8 @@ def prepare_raw(data: dict[str, Any], out_dir: Path) -> RawDataset:
             shown = ", ".join(str(p) for p in _paths(data["path"]))
             dataset = load_folder(scratch_dir, data, shown_as=shown)
             dataset.report["source_path"] = [str(p) for p in _paths(data["path"])]
+        elif source == "karpathy":
+            dataset = load_karpathy(_paths(data["path"]), data)
         else:
             dataset = load_folder(download_kaggle(data["kaggle_dataset"]), data)
         if not dataset.image_files:
