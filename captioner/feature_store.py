@@ -150,15 +150,19 @@ class FeatureReader:
     def rows(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """The feature rows at `indices`, in that order (repeats allowed), with the file's dtype.
 
-        Reads the distinct rows in increasing order (one HDF5 selection), then puts them in the asked order.
+        Reads the distinct rows in increasing order, each run of consecutive rows as one slice (h5py's
+        list indexing is about 100x slower), then puts them in the asked order.
         """
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"row index out of range 0..{len(self) - 1} in {self.path}")
         unique, inverse = np.unique(idx, return_inverse=True)
-        if len(unique) == 0:
-            return np.empty((0, *self.feature_shape), dtype=self.dtype)
-        return self._features()[unique][inverse.reshape(-1)]
+        out = np.empty((len(unique), *self.feature_shape), dtype=self.dtype)
+        dataset = self._features()
+        starts = np.flatnonzero(np.diff(unique, prepend=-2) != 1)
+        for begin, end in zip(starts, [*starts[1:], len(unique)]):
+            out[begin:end] = dataset[unique[begin]:unique[end - 1] + 1]
+        return out[inverse.reshape(-1)]
 
     def close(self) -> None:
         """Close this process's handle (a later `rows` opens it again)."""
