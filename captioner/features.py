@@ -2,7 +2,7 @@
 
 Used by the extract_features stage (`run_extraction`) and by `captioner predict` (`extract_features`).
 Unreadable images are skipped and named with a reason, never fatal; outputs are written atomically.
-The stage encodes the sorted images in pieces of CHUNK_BATCHES batches and keeps each finished piece
+The stage encodes the sorted images in pieces of PIECE_BATCHES batches and keeps each finished piece
 in a resume folder beside the output, so an interrupted run picks up where it stopped and, because
 every piece is encoded the same way either way, writes exactly the file an uninterrupted run would.
 Keras places the encoder on a GPU when TensorFlow sees one.
@@ -28,7 +28,7 @@ from captioner.resume_store import ResumeStore, piece_key
 
 META_FILE = "meta.json"
 WARN_NAMES = 3
-CHUNK_BATCHES = 32
+PIECE_BATCHES = 32
 
 
 def feature_dtype(output: str) -> np.dtype:
@@ -101,7 +101,7 @@ def resume_folder(out_dir: Path) -> Path:
 def _settings(params_features: dict[str, Any], weights_key: str, input_size: int) -> dict[str, Any]:
     """Everything besides the images that a piece's features depend on; random weights never match a later run."""
     settings = {k: params_features[k] for k in ("encoder", "weights", "output", "batch_size")}
-    settings.update(weights_id=weights_key, input_size=input_size, chunk_batches=CHUNK_BATCHES, format=1)
+    settings.update(weights_id=weights_key, input_size=input_size, chunk_batches=PIECE_BATCHES, format=1)
     if params_features["weights"] == "none":
         settings["run"] = uuid.uuid4().hex
     return settings
@@ -113,7 +113,7 @@ def _encode_pieces(
     """Make sure every piece of `paths` is in `store`; return the pieces' keys and how many images were reused."""
     encoder, batch_size = params_features["encoder"], params_features["batch_size"]
     input_size, dtype = settings["input_size"], feature_dtype(params_features["output"])
-    per_piece = batch_size * CHUNK_BATCHES
+    per_piece = batch_size * PIECE_BATCHES
     model = None
     keys, reused = [], 0
     with tqdm(total=len(paths), unit="img", desc=encoder, disable=None, file=sys.stderr) as bar:

@@ -26,7 +26,7 @@ import os, runpy, signal, sys
 import numpy as np
 import captioner.features
 
-captioner.features.CHUNK_BATCHES = 2
+captioner.features.PIECE_BATCHES = 2
 kill_at, saves, real_savez = int(os.environ["KILL_AT"]), [], np.savez
 
 def savez(f, **arrays):
