@@ -101,7 +101,7 @@ def resume_folder(out_dir: Path) -> Path:
 def _settings(params_features: dict[str, Any], weights_key: str, input_size: int) -> dict[str, Any]:
     """Everything besides the images that a piece's features depend on; random weights never match a later run."""
     settings = {k: params_features[k] for k in ("encoder", "weights", "output", "batch_size")}
-    settings.update(weights_id=weights_key, input_size=input_size, chunk_batches=PIECE_BATCHES, format=1)
+    settings.update(weights_id=weights_key, input_size=input_size, piece_batches=PIECE_BATCHES, format=1)
     if params_features["weights"] == "none":
         settings["run"] = uuid.uuid4().hex
     return settings
