@@ -68,16 +68,14 @@ def choose_splits(
 
     `official` are the source's own lists (Flickr8k's, or the Karpathy file's); when none of the captioned
     images is in them under `data.split: official`, this is a one-line error, starting with `where`, that
-    says to use `random`.
+    says to use `random`. `data` has passed `check_split_params`.
     """
-    check_split_params(data)
+    listed = {n for names in official.values() for n in names}
     if data["split"] == "random":
-        listed = {n for names in official.values() for n in names}
         if listed & set(captioned):
             print(f"warning: data.split random on images of the {official_name}: scores will not compare with "
                   f"published ones (data.split: official keeps its split)", file=sys.stderr)
         return random_split(captioned, data["val_fraction"], data["test_fraction"], data["split_seed"])
-    listed = {n for names in official.values() for n in names}
     if not listed & set(captioned):
         raise CaptionerError(
             f"{where}: none of the {len(captioned)} captioned images (e.g. {_example(captioned)}) is in the "
