@@ -2,11 +2,16 @@
 
 Used by the extract_features stage (`run_extraction`) and by `captioner predict` (`extract_features`).
 Unreadable images are skipped and named with a reason, never fatal; outputs are written atomically.
+The stage encodes the sorted images in pieces of PIECE_BATCHES batches and keeps each finished piece
+in a resume folder beside the output, so an interrupted run picks up where it stopped and, because
+every piece is encoded the same way either way, writes exactly the file an uninterrupted run would.
+Keras places the encoder on a GPU when TensorFlow sees one.
 """
 
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +22,13 @@ from tqdm import tqdm
 from captioner.atomic import atomic_dir, write_json
 from captioner.encoders import build_encoder, get_spec, weights_id
 from captioner.errors import CaptionerError
-from captioner.feature_store import FEATURES_FILE, save_features
+from captioner.feature_store import FEATURES_FILE, write_features
 from captioner.images import describe_failure, image_batches
+from captioner.resume_store import ResumeStore, piece_key
 
 META_FILE = "meta.json"
 WARN_NAMES = 3
+PIECE_BATCHES = 32
 
 
 def feature_dtype(output: str) -> np.dtype:
@@ -86,23 +93,83 @@ def _warn_skipped(skipped: dict[str, str], total: int, meta_path: Path) -> None:
           file=sys.stderr)
 
 
+def resume_folder(out_dir: Path) -> Path:
+    """Where the stage keeps finished pieces while it runs: beside the output (`data/features.resume`)."""
+    return out_dir.with_name(f"{out_dir.name}.resume")
+
+
+def _settings(params_features: dict[str, Any], weights_key: str, input_size: int) -> dict[str, Any]:
+    """Everything besides the images that a piece's features depend on; random weights never match a later run."""
+    settings = {k: params_features[k] for k in ("encoder", "weights", "output", "batch_size")}
+    settings.update(weights_id=weights_key, input_size=input_size, piece_batches=PIECE_BATCHES, format=1)
+    if params_features["weights"] == "none":
+        settings["run"] = uuid.uuid4().hex
+    return settings
+
+
+def _encode_pieces(
+    paths: list[Path], params_features: dict[str, Any], settings: dict[str, Any], store: ResumeStore
+) -> tuple[list[str], int]:
+    """Make sure every piece of `paths` is in `store`; return the pieces' keys and how many images were reused."""
+    encoder, batch_size = params_features["encoder"], params_features["batch_size"]
+    input_size, dtype = settings["input_size"], feature_dtype(params_features["output"])
+    per_piece = batch_size * PIECE_BATCHES
+    model = None
+    keys, reused = [], 0
+    with tqdm(total=len(paths), unit="img", desc=encoder, disable=None, file=sys.stderr) as bar:
+        for start in range(0, len(paths), per_piece):
+            piece = paths[start:start + per_piece]
+            key = piece_key(settings, piece)
+            if store.has(key):
+                reused += len(piece)
+            else:
+                if model is None:
+                    model = build_encoder(encoder, params_features["weights"], params_features["output"])
+                done, features = encode_images(model, piece, input_size, batch_size, dtype, progress=False)
+                ok = set(done)
+                skipped = {piece[i].name: describe_failure(piece[i]) for i in range(len(piece)) if i not in ok}
+                store.save(key, [piece[i].name for i in done], features, skipped)
+            keys.append(key)
+            bar.update(len(piece))
+    return keys, reused
+
+
 def run_extraction(images_dir: Path, out_dir: Path, params_features: dict[str, Any]) -> dict[str, Any]:
-    """Extract features of every image in `images_dir` into `out_dir`/features.h5 + meta.json; return meta."""
+    """Extract features of every image in `images_dir` into `out_dir`/features.h5 + meta.json; return meta.
+
+    Finished pieces wait in `resume_folder(out_dir)` until the output is in place; a rerun after an
+    interruption reuses them and says so in one line on stderr.
+    """
     encoder, weights, output = params_features["encoder"], params_features["weights"], params_features["output"]
+    if params_features["batch_size"] < 1:
+        raise CaptionerError(f"features.batch_size must be at least 1, got {params_features['batch_size']}")
     spec = get_spec(encoder)
     paths = list_images(images_dir)
-    names, features, skipped = extract_features(paths, encoder, weights, output, params_features["batch_size"])
+    weights_key = weights_id(encoder, weights)
+    store = ResumeStore(resume_folder(out_dir))
+    keys, reused = _encode_pieces(paths, params_features, _settings(params_features, weights_key, spec.input_size),
+                                  store)
+    if reused:
+        print(f"resumed: {reused} of {len(paths)} images were already encoded in {store.folder}", file=sys.stderr)
+    names: list[str] = []
+    skipped: dict[str, str] = {}
+    for key in keys:
+        piece_names, piece_skipped = store.names_and_skipped(key)
+        names += piece_names
+        skipped.update(piece_skipped)
     if not names:
+        store.remove()
         raise CaptionerError(f"{images_dir}: none of the {len(paths)} files is a readable image")
+    first = store.features(keys[0])
     meta = {
         "encoder": encoder,
         "weights": weights,
-        "weights_id": weights_id(encoder, weights),
+        "weights_id": weights_key,
         "output": output,
         "input_size": spec.input_size,
         "preprocessing": spec.preprocessing,
-        "feature_shape": list(features.shape[1:]),
-        "dtype": str(features.dtype),
+        "feature_shape": list(first.shape[1:]),
+        "dtype": str(first.dtype),
         "num_images": len(names),
         "num_files": len(paths),
         "num_skipped": len(skipped),
@@ -110,8 +177,10 @@ def run_extraction(images_dir: Path, out_dir: Path, params_features: dict[str, A
     }
     attrs = {k: meta[k] for k in ("encoder", "weights", "weights_id", "output", "input_size")}
     with atomic_dir(out_dir) as tmp:
-        save_features(tmp / FEATURES_FILE, names, features, attrs)
+        write_features(tmp / FEATURES_FILE, names, first.shape[1:], first.dtype, (store.features(k) for k in keys),
+                       attrs)
         write_json(tmp / META_FILE, meta)
+    store.remove()
     if skipped:
         _warn_skipped(skipped, len(paths), out_dir / META_FILE)
     return meta

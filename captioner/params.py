@@ -19,11 +19,15 @@ from captioner.schema import Field, check, choice, integer, number, paths, text
 # Every setting the pipeline understands: "section.key" (or a top-level "key") -> kind, default, range.
 SETTINGS: dict[str, Field] = {
     "seed": integer(42, 0, 2**32 - 1),
-    "data.source": choice("sample", "sample", "folder", "archive", "kaggle"),
+    "data.source": choice("sample", "sample", "folder", "archive", "kaggle", "karpathy"),
     "data.path": paths(None),
     "data.kaggle_dataset": text("adityajn105/flickr8k"),
     "data.sample_images": integer(400, 10, 1_000_000),
     "data.sample_seed": integer(0, 0, 2**32 - 1),
+    "data.split": choice("official", "official", "random"),
+    "data.val_fraction": number(0.1, 0, below=1),
+    "data.test_fraction": number(0.1, 0, below=1),
+    "data.split_seed": integer(0, 0, 2**32 - 1),
     "features.encoder": text("efficientnet_lite0"),
     "features.weights": text("imagenet"),
     "features.output": choice("grid", "grid", "pooled"),
@@ -59,8 +63,8 @@ RULES: list[tuple[str, Callable[[dict[str, Any]], bool], str]] = [
      "the attention decoder needs features.output: grid (or use train.decoder: inject or merge)"),
     ("train.captions_per_image", lambda p: p["train.captions_per_image"] > p["train.batch_size"],
      "train.captions_per_image must not exceed train.batch_size (a batch holds whole images)"),
-    ("data.path", lambda p: p["data.source"] in ("folder", "archive") and p["data.path"] is None,
-     "data.source folder and archive need data.path (a folder, or one or more archive files)"),
+    ("data.path", lambda p: p["data.source"] in ("folder", "archive", "karpathy") and p["data.path"] is None,
+     "data.source folder, archive and karpathy need data.path (a folder, or one or more archive or split files)"),
 ]
 
 

@@ -1,4 +1,6 @@
-"""DVC stage `extract_features`: data/raw/Images -> data/features/ (features.h5 + meta.json)."""
+"""DVC stage `extract_features`: data/raw/Images -> data/features/ (features.h5 + meta.json), resumable."""
+
+import tensorflow as tf
 
 from captioner.features import run_extraction
 from captioner.params import load_params
@@ -8,10 +10,12 @@ from captioner.stage import run_main, stage_args
 def main() -> None:
     """Encode every image with the encoder that params.yaml's `features` section names."""
     args = stage_args(__doc__, inputs=["images"], outputs=["out"])
+    gpus = tf.config.list_physical_devices("GPU")
     meta = run_extraction(args.images, args.out, load_params(args.params)["features"])
     print(
         f"{args.out}: {meta['num_images']} images, {meta['encoder']} {meta['output']} "
-        f"{tuple(meta['feature_shape'])} {meta['dtype']}, {meta['num_skipped']} skipped"
+        f"{tuple(meta['feature_shape'])} {meta['dtype']}, {meta['num_skipped']} skipped, "
+        f"on {f'GPU:0 ({len(gpus)} visible)' if gpus else 'CPU'}"
     )
 
 

@@ -56,7 +56,7 @@ def test_unknown_param_is_one_line_error(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: params.yaml:9: unknown key 'data.sample_imgs' (known: source, path, kaggle_dataset, sample_images, "
-        "sample_seed)"
+        "sample_seed, split, val_fraction, test_fraction, split_seed)"
     ]
     assert not (project / "data").exists() or not any((project / "data").iterdir())
 

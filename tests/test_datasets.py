@@ -19,7 +19,8 @@ from captioner.errors import CaptionerError
 
 def data_params(**overrides):
     params = {"source": "sample", "path": None, "kaggle_dataset": "adityajn105/flickr8k",
-              "sample_images": 30, "sample_seed": 0}
+              "sample_images": 30, "sample_seed": 0, "split": "official", "val_fraction": 0.1,
+              "test_fraction": 0.1, "split_seed": 0}
     params.update(overrides)
     return params
 

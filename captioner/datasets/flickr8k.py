@@ -1,19 +1,22 @@
-"""Flickr8k from an unpacked folder in either layout, with the official 6000/1000/1000 split.
+"""Flickr8k (or your own images in its layout) from an unpacked folder, split as `data.split` asks.
 
-Kaggle layout: `Images/` + `captions.txt` (CSV `image,caption`). Original layout: `Flicker8k_Dataset/`
-(or `Images/`) + `Flickr8k.token.txt` (`name.jpg#k<TAB>caption`). Either may sit a few folders down.
+Kaggle layout: `Images/` + `captions.txt` or `captions.csv` (CSV `image,caption`). Original layout:
+`Flicker8k_Dataset/` (or `Images/`) + `Flickr8k.token.txt` (`name.jpg#k<TAB>caption`). Either may sit a
+few folders down. `data.split: official` uses the official 6000/1000/1000 lists, `random` a seeded split.
 """
 
 from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from captioner.datasets.raw import RawDataset, finalize, read_captions_csv, read_token_file
+from captioner.datasets.splitting import choose_splits, matched_images
 from captioner.errors import CaptionerError
 
 IMAGE_DIRS = ("Images", "Flicker8k_Dataset", "Flickr8k_Dataset")
-CAPTION_FILES = ("captions.txt", "Flickr8k.token.txt")
+CAPTION_FILES = ("captions.txt", "captions.csv", "Flickr8k.token.txt")
 SPLIT_FILES = {
     "train": "Flickr_8k.trainImages.txt",
     "val": "Flickr_8k.devImages.txt",
@@ -43,19 +46,23 @@ def _find(root: Path, names: tuple[str, ...], want_dir: bool) -> Path | None:
     return None
 
 
-def load_folder(root: Path) -> RawDataset:
-    """Read a Flickr8k folder in either layout; images missing from the folder are dropped and reported."""
+def load_folder(root: Path, data: dict[str, Any], shown_as: str | None = None) -> RawDataset:
+    """Read a Flickr8k-layout folder and split it; images missing from the folder are dropped and reported.
+
+    `shown_as` names the folder in error messages (the archive, when `root` is where it was unpacked).
+    """
+    shown = shown_as or str(root)
     if not root.exists():
         raise CaptionerError(f"data.path: folder not found: {root}")
     if not root.is_dir():
         raise CaptionerError(f"data.path: not a folder: {root} (use data.source: archive for .zip/.tar files)")
     captions_file = _find(root, CAPTION_FILES, want_dir=False)
     if captions_file is None:
-        raise CaptionerError(f"{root}: no captions file found (expected one of {', '.join(CAPTION_FILES)})")
+        raise CaptionerError(f"{shown}: no captions file found (expected one of {', '.join(CAPTION_FILES)})")
     images_dir = _find(root, IMAGE_DIRS, want_dir=True)
     if images_dir is None:
-        raise CaptionerError(f"{root}: no images folder found (expected one of {', '.join(IMAGE_DIRS)})")
-    if captions_file.name == "captions.txt":
+        raise CaptionerError(f"{shown}: no images folder found (expected one of {', '.join(IMAGE_DIRS)})")
+    if captions_file.name != "Flickr8k.token.txt":
         captions, empty = read_captions_csv(captions_file)
         layout = "kaggle"
     else:
@@ -71,4 +78,8 @@ def load_folder(root: Path) -> RawDataset:
         "images_dir": str(images_dir.relative_to(root)),
         "empty_captions_dropped": empty,
     }
-    return finalize(captions, official_splits(), image_files, report)
+    captioned = matched_images(captions, image_files, f"{shown}: {report['captions_file']}",
+                               f"{report['images_dir']}/")
+    splits = choose_splits(data, captioned, official_splits(), "official Flickr8k split", shown)
+    report["split"] = data["split"]
+    return finalize(captions, splits, image_files, report)
