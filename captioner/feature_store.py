@@ -164,6 +164,10 @@ class FeatureReader:
             out[begin:end] = dataset[unique[begin]:unique[end - 1] + 1]
         return out[inverse.reshape(-1)]
 
+    def __getitem__(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """`reader[indices]` is `reader.rows(indices)`, so a reader stands in for an in-memory array of rows."""
+        return self.rows(indices)
+
     def close(self) -> None:
         """Close this process's handle (a later `rows` opens it again)."""
         if self._file is not None and self._pid == os.getpid():
@@ -175,6 +179,20 @@ class FeatureReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class PooledRows:
+    """Rows of a grid feature source (array or FeatureReader) averaged over their cells as they are read."""
+
+    def __init__(self, source) -> None:
+        self.source = source
+        self.shape: tuple[int, ...] = (source.shape[0], source.shape[-1])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        return pool_grid(np.asarray(self.source[indices]))
 
 
 def pool_grid(features: np.ndarray) -> np.ndarray:

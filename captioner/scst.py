@@ -19,6 +19,8 @@ import numpy as np
 from captioner.cider import CiderD
 from captioner.text import PAD_ID, START_ID, Vocabulary
 
+_VAL_CHUNK = 256  # images decoded per read when scoring val
+
 
 @dataclass
 class ImageSet:
@@ -56,7 +58,10 @@ def val_cider(decoder, features: np.ndarray, images: ImageSet, vocab: Vocabulary
     """Greedy-decoded CIDEr-D (pycocoevalcap) of a split's images: the model-selection score."""
     from captioner.metrics import cider_d
 
-    hyps = [vocab.decode(ids) for ids in decoder.greedy(np.asarray(features[images.rows], dtype=np.float32))]
+    hyps = []
+    for first in range(0, len(images.rows), _VAL_CHUNK):  # rows read per chunk, never the whole split at once
+        chunk = np.asarray(features[images.rows[first : first + _VAL_CHUNK]], dtype=np.float32)
+        hyps.extend(vocab.decode(ids) for ids in decoder.greedy(chunk))
     return cider_d(images.references, hyps)
 
 

@@ -1,4 +1,4 @@
-"""Train a decoder on whole captions (teacher forcing, masked loss) from features held once in memory."""
+"""Train a decoder on whole captions (teacher forcing, masked loss), reading image features per batch."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from captioner.errors import CaptionerError
-from captioner.feature_store import FEATURES_FILE, load_features
+from captioner.feature_store import FEATURES_FILE, FeatureReader
 from captioner.jsonfile import read_json
 from captioner.text import PAD_ID, Vocabulary
 
@@ -36,7 +36,7 @@ class CaptionSet:
 class TrainData:
     """Everything training needs: one feature row per image (never duplicated per caption) and the splits."""
 
-    features: np.ndarray
+    features: Any  # rows by index: a FeatureReader (per batch from the file) or an in-memory array
     image_names: list[str]  # image of each feature row
     feature_shape: tuple[int, ...]  # as extracted (grid shape even when pooled for merge/inject)
     feature_meta: dict[str, Any]
@@ -50,10 +50,13 @@ def load_train_data(features_dir: str | os.PathLike[str], processed_dir: str | o
     from captioner.model import prepare_features
 
     features_dir, processed_dir = Path(features_dir), Path(processed_dir)
-    names, features, attrs = load_features(features_dir / FEATURES_FILE)
+    if not (features_dir / FEATURES_FILE).is_file():
+        raise CaptionerError(f"{features_dir / FEATURES_FILE}: feature file not found (run `dvc repro extract_features`)")
+    reader = FeatureReader(features_dir / FEATURES_FILE)
+    names, attrs = reader.names, reader.attrs
     meta = {**attrs, **read_json(features_dir / "meta.json", "feature metadata", "extract_features")}
-    feature_shape = tuple(int(d) for d in features.shape[1:])
-    features = prepare_features(features, decoder, str(features_dir / FEATURES_FILE))
+    feature_shape = tuple(int(d) for d in reader.feature_shape)
+    features = prepare_features(reader, decoder, str(features_dir / FEATURES_FILE))
 
     seq_path = processed_dir / "sequences.npz"
     if not seq_path.is_file():
@@ -143,7 +146,8 @@ def make_dataset(features, captions: CaptionSet, batch_size: int, seed: int | No
     With `captions_per_image` k > 1 (training), a batch holds batch_size // k images, each with k of its
     captions, so the decoder's image side runs once per image; a seed reshuffles every epoch
     (deterministically). With k = 1 every caption comes once with its own image row, length-bucketed; seed
-    None keeps a fixed order (validation). Features stay one array (or file) and each batch gathers its rows.
+    None keeps a fixed order (validation). Each batch reads its images' rows from `features` (a FeatureReader or
+    an array), so memory does not grow with the number of images.
     """
     import tensorflow as tf
 

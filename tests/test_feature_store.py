@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from captioner.errors import CaptionerError
-from captioner.feature_store import FeatureReader, load_features, row_chunks, save_features, write_features
+from captioner.feature_store import (
+    FeatureReader,
+    PooledRows,
+    load_features,
+    pool_grid,
+    row_chunks,
+    save_features,
+    write_features,
+)
 
 
 def grid(n: int) -> np.ndarray:
@@ -48,6 +56,15 @@ def test_reader_gives_rows_in_the_asked_order(grid_file):
             assert rows.dtype == np.float16 and rows.shape == (len(indices), 7, 7, 1280)
             assert rows.tobytes() == features[np.asarray(indices, dtype=int)].tobytes()
         assert reader.positions(["im3.jpg", "im0.jpg"]).tolist() == [3, 0]
+
+
+def test_reader_and_pooled_view_stand_in_for_arrays(grid_file):
+    path, features = grid_file
+    with FeatureReader(path) as reader:
+        assert reader[[4, 1]].tobytes() == features[[4, 1]].tobytes()
+        pooled = PooledRows(reader)
+        assert pooled.shape == (10, 1280) and len(pooled) == 10
+        np.testing.assert_array_equal(pooled[[4, 1]], pool_grid(features[[4, 1]]))
 
 
 def test_reader_refuses_unknown_names_and_rows(grid_file):
