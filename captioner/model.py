@@ -278,8 +278,9 @@ def _logits(lay: dict, out):
 def build_decoder(spec: DecoderSpec, dtype: str = "float32") -> keras.Model:
     """The training model: (images (B, ...), input ids (B*K, T)) -> logits (P, V) of the P real next tokens.
 
-    The logits come packed, row-major, for the positions whose target is a real token (see
-    `pack_targets`), so padding costs neither the output projection nor the loss.
+    The logits come packed, row-major, for the positions whose target is a real token (`caption_loss`
+    packs the 0-padded targets (B*K, T) the same way), so padding costs neither the output projection nor
+    the loss, and every input keeps one row per image or caption (what a distribution strategy splits).
     """
     if spec.kind not in DECODERS:
         raise ValueError(f"unknown decoder {spec.kind!r} (known: {', '.join(DECODERS)})")
@@ -292,10 +293,6 @@ def build_decoder(spec: DecoderSpec, dtype: str = "float32") -> keras.Model:
     logits = _logits(lay, lay["pack"]([out, tokens]))
     return keras.Model([image, tokens], logits, name=f"captioner_{spec.kind}")
 
-
-def pack_targets(targets: np.ndarray) -> np.ndarray:
-    """Target ids (N, T), 0-padded -> the real ones (P,), row-major: the order of the training model's logits."""
-    return targets[targets != PAD_ID]
 
 
 def decoder_kind(model: keras.Model) -> str:
@@ -343,9 +340,22 @@ def step_models(model: keras.Model) -> StepModels:
     return StepModels(kind=kind, init=init, step=step, vocab_size=int(logits.shape[-1]), attention=alpha is not None)
 
 
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class CaptionLoss(keras.losses.Loss):
+    """Mean cross-entropy of the packed logits (P, V) against the real tokens of 0-padded targets (N, T)."""
+
+    def __init__(self, name: str = "caption_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        flat = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+        real = ops.take(flat, ops.nonzero(ops.not_equal(flat, PAD_ID))[0], axis=0)
+        return keras.losses.sparse_categorical_crossentropy(real, y_pred, from_logits=True)
+
+
 def caption_loss() -> keras.losses.Loss:
-    """Mean cross-entropy from logits over the real target tokens (packed; a stray pad id would be ignored)."""
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD_ID)
+    """The training loss: mean cross-entropy over real target tokens only (pad positions have no logits)."""
+    return CaptionLoss()
 
 
 def load_decoder(path) -> keras.Model:

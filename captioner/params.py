@@ -43,6 +43,7 @@ SETTINGS: dict[str, Field] = {
     "train.batch_size": integer(160, 1, 65536),
     "train.captions_per_image": integer(5, 1, 100),
     "train.precision": choice("auto", "auto", "float32", "bfloat16"),
+    "train.devices": Field("int", "auto", low=1, high=1024, choices=("auto",)),
     "train.epochs": integer(30, 0, 100_000),
     "train.learning_rate": number(0.001, 1e-12, 10),
     "train.patience": integer(3, 0, 100_000),

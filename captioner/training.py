@@ -106,13 +106,14 @@ def captions_by_image(image_rows: np.ndarray) -> tuple[np.ndarray, list[np.ndarr
 
 
 def image_batch_plan(
-    captions: CaptionSet, images_per_batch: int, k: int, rng: np.random.Generator
+    captions: CaptionSet, images_per_batch: int, k: int, rng: np.random.Generator, multiple: int = 1
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """One epoch of (feature rows (B,), caption indices (B*k,)) batches: every image once with k of its captions.
 
     An image with more than k captions gives a random k of them (others come up in later epochs); one with
     fewer repeats some. Images are sorted by their longest picked caption within windows of 32 batches, so a
-    batch pads little, and the batch order is shuffled.
+    batch pads little, and the batch order is shuffled. With `multiple` > 1 (devices), a batch's image count
+    is cut to a multiple of it, so every device gets whole images; the few left out change every epoch.
     """
     rows, groups = captions_by_image(captions.image_rows)
     lengths = caption_lengths(captions.tokens)
@@ -126,22 +127,24 @@ def image_batch_plan(
         chunk = chunk[np.argsort(longest[chunk], kind="stable")]
         for i in range(0, len(chunk), images_per_batch):
             members = chunk[i : i + images_per_batch]
-            batches.append((rows[members], picked[members].reshape(-1)))
+            members = members[: len(members) - len(members) % multiple]
+            if len(members):
+                batches.append((rows[members], picked[members].reshape(-1)))
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def _as_model_batch(features, tokens: np.ndarray, image_rows: np.ndarray, caption_ids: np.ndarray):
-    """((images (B, ...) float32, input ids (B*k, w-1)), packed target ids (P,)), w the batch's longest caption."""
-    from captioner.model import pack_targets
-
+    """((images (B, ...) float32, input ids (B*k, w-1)), target ids (B*k, w-1)), w the batch's longest caption."""
     toks = tokens[caption_ids]
     width = max(int(caption_lengths(toks).max()), 2)
     toks = toks[:, :width]
-    return (np.asarray(features[image_rows], dtype=np.float32), toks[:, :-1]), pack_targets(toks[:, 1:])
+    return (np.asarray(features[image_rows], dtype=np.float32), toks[:, :-1]), toks[:, 1:]
 
 
-def make_dataset(features, captions: CaptionSet, batch_size: int, seed: int | None, captions_per_image: int = 1):
-    """tf.data of ((image features, input ids), packed target ids) batches padded to their own longest caption.
+def make_dataset(
+    features, captions: CaptionSet, batch_size: int, seed: int | None, captions_per_image: int = 1, devices: int = 1
+):
+    """tf.data of ((image features, input ids), target ids) batches padded to their own longest caption.
 
     With `captions_per_image` k > 1 (training), a batch holds batch_size // k images, each with k of its
     captions, so the decoder's image side runs once per image; a seed reshuffles every epoch
@@ -158,13 +161,14 @@ def make_dataset(features, captions: CaptionSet, batch_size: int, seed: int | No
         if rng is None:
             raise ValueError("grouped batches need a seed")
         images_per_batch = max(batch_size // captions_per_image, 1)
-        n_batches = -(-len(np.unique(captions.image_rows)) // images_per_batch)
+        plan = image_batch_plan(captions, images_per_batch, captions_per_image, np.random.default_rng(0), devices)
+        n_batches = len(plan)
     else:
         n_batches = len(batch_plan(lengths, batch_size, None))
 
     def batches() -> Iterator:
         if grouped:
-            for rows, ids in image_batch_plan(captions, images_per_batch, captions_per_image, rng):
+            for rows, ids in image_batch_plan(captions, images_per_batch, captions_per_image, rng, devices):
                 yield _as_model_batch(features, captions.tokens, rows, ids)
         else:
             for idx in batch_plan(lengths, batch_size, rng):
@@ -175,7 +179,7 @@ def make_dataset(features, captions: CaptionSet, batch_size: int, seed: int | No
             tf.TensorSpec((None, *features.shape[1:]), tf.float32),
             tf.TensorSpec((None, None), tf.int32),
         ),
-        tf.TensorSpec((None,), tf.int32),
+        tf.TensorSpec((None, None), tf.int32),
     )
     ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
     return ds.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(2)
@@ -243,6 +247,25 @@ def _callbacks(params: dict[str, Any], live_dir: str | None, monitor: str, cap: 
     return [stop, plateau, cap.callback(), *extra], stop
 
 
+def distribution(devices: str | int):
+    """A MirroredStrategy over `train.devices` devices (GPUs, else logical CPU devices), or None for one device.
+
+    `auto` takes every GPU when there are several and one device otherwise.
+    """
+    import tensorflow as tf
+
+    gpus, cpus = tf.config.list_logical_devices("GPU"), tf.config.list_logical_devices("CPU")
+    n = (len(gpus) if len(gpus) > 1 else 1) if devices == "auto" else int(devices)
+    if n == 1:
+        return None
+    pool = gpus if len(gpus) >= n else cpus
+    if len(pool) < n:
+        raise CaptionerError(
+            f"params.yaml: train.devices is {n} but TensorFlow sees {len(gpus)} GPU and {len(cpus)} CPU devices"
+        )
+    return tf.distribute.MirroredStrategy([d.name for d in pool[:n]])
+
+
 def decoder_spec(params: dict[str, Any], vocab_size: int, feature_shape: tuple[int, ...]):
     """The DecoderSpec that train.* params describe."""
     from captioner.model import DecoderSpec
@@ -268,9 +291,12 @@ def fit_decoder(
 ):
     """Build and train the `params['decoder']` model; return (model with the best weights, summary dict).
 
-    The model computes in `params['precision']` (resolved: bfloat16 only where the hardware has it); a
-    bfloat16 model is returned as a float32 copy, so bundles and decoding do not depend on the precision.
+    The model computes in `params['precision']` (resolved: bfloat16 only where the hardware has it) on
+    `params['devices']` devices (data-parallel through tf.distribute.MirroredStrategy above one). The model
+    returned is a float32 single-device copy, so bundles and decoding depend on neither.
     """
+    import contextlib
+
     import keras
     import tensorflow as tf
 
@@ -282,18 +308,22 @@ def fit_decoder(
     cap = cap or TimeCap(params["max_minutes"])
     precision = resolve_precision(params["precision"])
     spec = decoder_spec(params, len(data.vocab), data.feature_shape)
-    model = build_decoder(spec, keras_policy(precision))
-    model.compile(optimizer=keras.optimizers.Adam(params["learning_rate"]), loss=caption_loss(), jit_compile=False)
+    strategy = distribution(params["devices"])
+    devices = strategy.num_replicas_in_sync if strategy else 1
     per_image = params["captions_per_image"]
-    train_ds = make_dataset(data.features, data.train, params["batch_size"], seed, captions_per_image=per_image)
+    train_ds = make_dataset(data.features, data.train, params["batch_size"], seed, per_image, devices)
     has_val = len(data.val) > 0
     val_ds = make_dataset(data.features, data.val, params["batch_size"], None) if has_val else None
     monitor = "val_loss" if has_val else "loss"
     callbacks, stop = _callbacks(params, live_dir, monitor, cap)
     start = time.monotonic()
-    history = model.fit(
-        train_ds, validation_data=val_ds, epochs=params["epochs"], callbacks=callbacks, verbose=verbose, shuffle=False
-    )
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = build_decoder(spec, keras_policy(precision))
+        model.compile(optimizer=keras.optimizers.Adam(params["learning_rate"]), loss=caption_loss(), jit_compile=False)
+        history = model.fit(
+            train_ds, validation_data=val_ds, epochs=params["epochs"], callbacks=callbacks, verbose=verbose,
+            shuffle=False,
+        )
     wall = time.monotonic() - start
     losses = history.history.get(monitor, [])
     epochs_run = len(history.history.get("loss", []))
@@ -302,17 +332,19 @@ def fit_decoder(
     summary = {
         "decoder": spec.kind,
         "precision": precision,
+        "devices": devices,
         "epochs_run": epochs_run,
         "best_epoch": best_epoch,
         f"best_{monitor}": float(losses[best_epoch - 1]) if losses else None,
         "final_train_loss": float(history.history["loss"][-1]) if epochs_run else None,
+        "train_loss": [round(float(x), 4) for x in history.history.get("loss", [])],
         "stopped_by": "time_cap" if cap.hit else ("early_stopping" if stop.stopped_epoch else "epochs"),
         "wall_seconds": round(wall, 2),
         "train_captions": len(data.train),
         "captions_per_second": round(captions_per_epoch * epochs_run / wall, 1) if wall > 0 else None,
         "parameters": int(model.count_params()),
     }
-    if precision != "float32":
+    if precision != "float32" or strategy:
         exact = build_decoder(spec)
         exact.set_weights(model.get_weights())
         model = exact

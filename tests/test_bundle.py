@@ -103,7 +103,7 @@ def test_corrupt_decoder_is_one_line_naming_the_file(tmp_path):
 def trained_model():
     """A small merge decoder after one optimizer step (so Adam has state to leave out)."""
     keras = pytest.importorskip("keras")
-    from captioner.model import DecoderSpec, build_decoder, caption_loss, pack_targets
+    from captioner.model import DecoderSpec, build_decoder, caption_loss
 
     keras.utils.set_random_seed(0)
     vocab = Vocabulary(("<pad>", "<unk>", "<start>", "<end>", *WORDS), 10)
@@ -111,7 +111,7 @@ def trained_model():
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=caption_loss())
     rng = np.random.default_rng(0)
     tokens = rng.integers(4, len(vocab), (16, 10)).astype(np.int32)
-    model.train_on_batch([rng.normal(size=(16, 24)).astype(np.float32), tokens[:, :-1]], pack_targets(tokens[:, 1:]))
+    model.train_on_batch([rng.normal(size=(16, 24)).astype(np.float32), tokens[:, :-1]], tokens[:, 1:])
     return model, vocab
 
 
