@@ -1,11 +1,15 @@
 """Feature-extraction speed: the stage pipeline vs the classic one-image loop vs the CPU's matmul roofline.
 
+One row per encoder and `features.precision` (float32 and bfloat16 by default); bfloat16 rows also give
+the smallest cosine similarity of their features to float32's on the first batch (the roofline column
+stays the float32 matmul roofline, so bfloat16 can exceed 100%).
+
 For each encoder, every round measures (a) the stage pipeline (tf.data decode + resize, batched
 inference), (b) the classic tutorial loop (one `load_img` + one `model.predict` per image) and (c) the
 roofline: this CPU's measured float32 matmul throughput divided by the model's FLOPs per image. The
 table shows medians over rounds; ratios are taken within each round, then their median.
 
-    python benchmarks/features.py [--images DIR] [--n 64] [--classic-n 16] [--rounds 3]
+    python benchmarks/features.py [--images DIR] [--n 64] [--classic-n 16] [--rounds 3] [--precisions float32,bfloat16]
 """
 
 from __future__ import annotations
@@ -94,11 +98,14 @@ def synthetic_images(folder: Path, n: int) -> list[Path]:
     return paths
 
 
-def bench_encoder(name: str, paths: list[Path], classic_n: int, batch_size: int, rounds: int) -> dict[str, float]:
+def bench_encoder(
+    name: str, paths: list[Path], classic_n: int, batch_size: int, rounds: int, precision: str
+) -> dict[str, float]:
     """Interleaved rounds of pipeline, classic loop and matmul; medians of rates and of per-round ratios."""
     spec = get_spec(name)
-    model = build_encoder(name, WEIGHTS[name], "pooled")
+    model = build_encoder(name, WEIGHTS[name], "pooled", precision)
     flops = model_flops(model)
+    _, sample = encode_images(model, paths[:batch_size], spec.input_size, batch_size, np.float32, progress=False)
     pipeline_rate(model, paths[:batch_size], spec.input_size, batch_size)
     classic_rate(model, paths[:2], spec.input_size)
     rows = []
@@ -108,7 +115,14 @@ def bench_encoder(name: str, paths: list[Path], classic_n: int, batch_size: int,
         c = matmul_gflops() * 1e9 / flops
         rows.append((a, b, c, a / b, a / c))
     med = [statistics.median(col) for col in zip(*rows)]
-    return {"gflops": flops / 1e9, "a": med[0], "b": med[1], "c": med[2], "a/b": med[3], "a/c": med[4]}
+    return {"gflops": flops / 1e9, "a": med[0], "b": med[1], "c": med[2], "a/b": med[3], "a/c": med[4],
+            "sample": sample}
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The smallest per-image cosine similarity between two feature batches."""
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    return float(((a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
 
 
 def main() -> None:
@@ -119,6 +133,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--encoders", default="vgg16,efficientnet_lite0")
+    parser.add_argument("--precisions", default="float32,bfloat16", help="features.precision values, float32 first")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.images is None:
@@ -127,14 +142,16 @@ def main() -> None:
             paths, source = sorted(p for p in args.images.iterdir() if p.is_file())[: args.n], str(args.images)
         print(f"images: {len(paths)} from {source}; classic loop on {min(args.classic_n, len(paths))}; "
               f"batch {args.batch_size}; median of {args.rounds} rounds; {psutil.cpu_count()} CPUs")
-        header = (f"{'encoder':<20}{'GFLOP/img':>10}{'(a) pipeline':>14}{'(b) classic':>13}"
-                  f"{'(c) roofline':>14}{'a/b':>7}{'a/c':>7}")
-        results = [(name, bench_encoder(name, paths, args.classic_n, args.batch_size, args.rounds))
-                   for name in args.encoders.split(",")]
+        header = (f"{'encoder':<20}{'precision':>10}{'GFLOP/img':>10}{'(a) pipeline':>14}{'(b) classic':>13}"
+                  f"{'(c) roofline':>14}{'a/b':>7}{'a/c':>7}{'cos vs f32':>11}")
+        results = [(name, precision, bench_encoder(name, paths, args.classic_n, args.batch_size, args.rounds, precision))
+                   for name in args.encoders.split(",") for precision in args.precisions.split(",")]
     print(header + "\n" + "-" * len(header))
-    for name, r in results:
-        print(f"{name:<20}{r['gflops']:>10.2f}{r['a']:>10.1f} i/s{r['b']:>9.1f} i/s{r['c']:>10.1f} i/s"
-              f"{r['a/b']:>7.2f}{r['a/c']:>7.0%}")
+    exact = {name: r["sample"] for name, precision, r in results if precision == "float32"}
+    for name, precision, r in results:
+        cosine = f"{min_cosine(exact[name], r['sample']):.4f}" if name in exact else "-"
+        print(f"{name:<20}{precision:>10}{r['gflops']:>10.2f}{r['a']:>10.1f} i/s{r['b']:>9.1f} i/s{r['c']:>10.1f} i/s"
+              f"{r['a/b']:>7.2f}{r['a/c']:>7.0%}{cosine:>11}")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; roofline = best of "
           f"numpy/TensorFlow {MATMUL_SIZE}x{MATMUL_SIZE} float32 matmul GFLOP/s / model GFLOP per image")
 

@@ -24,6 +24,7 @@ from captioner.encoders import build_encoder, get_spec, weights_id
 from captioner.errors import CaptionerError
 from captioner.feature_store import FEATURES_FILE, write_features
 from captioner.images import describe_failure, image_batches
+from captioner.precision import resolve_precision
 from captioner.resume_store import ResumeStore, piece_key
 
 META_FILE = "meta.json"
@@ -101,7 +102,8 @@ def resume_folder(out_dir: Path) -> Path:
 def _settings(params_features: dict[str, Any], weights_key: str, input_size: int) -> dict[str, Any]:
     """Everything besides the images that a piece's features depend on; random weights never match a later run."""
     settings = {k: params_features[k] for k in ("encoder", "weights", "output", "batch_size")}
-    settings.update(weights_id=weights_key, input_size=input_size, piece_batches=PIECE_BATCHES, format=1)
+    settings.update(weights_id=weights_key, input_size=input_size, piece_batches=PIECE_BATCHES, format=1,
+                    precision=resolve_precision(params_features["precision"]))
     if params_features["weights"] == "none":
         settings["run"] = uuid.uuid4().hex
     return settings
@@ -124,7 +126,9 @@ def _encode_pieces(
                 reused += len(piece)
             else:
                 if model is None:
-                    model = build_encoder(encoder, params_features["weights"], params_features["output"])
+                    model = build_encoder(
+                        encoder, params_features["weights"], params_features["output"], settings["precision"]
+                    )
                 done, features = encode_images(model, piece, input_size, batch_size, dtype, progress=False)
                 ok = set(done)
                 skipped = {piece[i].name: describe_failure(piece[i]) for i in range(len(piece)) if i not in ok}
@@ -168,6 +172,7 @@ def run_extraction(images_dir: Path, out_dir: Path, params_features: dict[str, A
         "output": output,
         "input_size": spec.input_size,
         "preprocessing": spec.preprocessing,
+        "precision": resolve_precision(params_features["precision"]),
         "feature_shape": list(first.shape[1:]),
         "dtype": str(first.dtype),
         "num_images": len(names),

@@ -21,7 +21,8 @@ from captioner.features import extract_features, run_extraction
 from captioner.images import decode_resize, describe_failure
 
 ROOT = Path(__file__).resolve().parents[1]
-LITE0 = {"encoder": "efficientnet_lite0", "weights": "imagenet", "output": "pooled", "batch_size": 2}
+LITE0 = {"encoder": "efficientnet_lite0", "weights": "imagenet", "output": "pooled", "batch_size": 2,
+         "precision": "float32"}
 
 
 @pytest.fixture(autouse=True)
@@ -128,3 +129,17 @@ def test_stage_script_writes_data_features(tmp_path, monkeypatch):
     meta = json.loads(Path("data/features/meta.json").read_text())
     assert meta["encoder"] == "efficientnet_lite0" and meta["num_images"] == 4
     assert sorted(os.listdir("data/features")) == ["features.h5", "meta.json"]
+
+
+def test_bfloat16_extraction_stays_within_cosine_0_99_of_float32(tmp_path):
+    from captioner.encoders import build_encoder
+
+    make_images(tmp_path)
+    images = np.stack([decode_resize(tf.constant(str(tmp_path / n)), 224).numpy()
+                       for n in ("a_cat.jpg", "b_gray.jpg", "c_rgba.png", "d_astronaut.JPG")])
+    exact = build_encoder("efficientnet_lite0", "imagenet", "grid").predict_on_batch(images)
+    fast = build_encoder("efficientnet_lite0", "imagenet", "grid", "bfloat16").predict_on_batch(images)
+    assert fast.dtype == np.float32 and fast.shape == exact.shape == (4, 7, 7, 1280)
+    a, b = exact.reshape(4, -1), fast.reshape(4, -1)
+    cosine = (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.99 and not np.array_equal(a, b)
