@@ -91,13 +91,16 @@ class SpatialAttention(layers.Layer):
             name="score_kernel", shape=(self.attention_dim,), initializer="glorot_uniform"
         )
 
-    def call(self, inputs):
-        queries, keys, values = inputs
+    def attention_weights(self, queries, keys):
+        """alpha (B, T, L): how much each query attends to each grid cell (rows sum to 1)."""
         q = ops.matmul(queries, self.query_kernel)  # (B, T, A)
         hidden = ops.tanh(ops.expand_dims(q, 2) + ops.expand_dims(keys, 1))  # (B, T, L, A)
         scores = ops.tensordot(hidden, self.score_kernel, axes=[[3], [0]])  # (B, T, L)
-        alpha = ops.softmax(scores, axis=-1)
-        return ops.matmul(alpha, values)  # (B, T, D)
+        return ops.softmax(scores, axis=-1)
+
+    def call(self, inputs):
+        queries, keys, values = inputs
+        return ops.matmul(self.attention_weights(queries, keys), values)  # (B, T, D)
 
     def compute_output_shape(self, input_shapes):
         queries, _, values = input_shapes
@@ -105,6 +108,22 @@ class SpatialAttention(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "attention_dim": self.attention_dim}
+
+
+class AttentionProbe(layers.Layer):
+    """The attention weights (N, L) of a SpatialAttention layer for one query (N, U); decoding graphs only, never saved."""
+
+    def __init__(self, attend: SpatialAttention, **kwargs):
+        super().__init__(**kwargs)
+        self.attend = attend
+
+    def call(self, inputs):
+        query, keys = inputs
+        return self.attend.attention_weights(ops.expand_dims(query, 1), keys)[:, 0]
+
+    def compute_output_shape(self, input_shapes):
+        query, keys = input_shapes
+        return (query[0], keys[1])
 
 
 @dataclass(frozen=True)
@@ -239,10 +258,15 @@ class StepModels:
     init: keras.Model
     step: keras.Model
     vocab_size: int
+    has_attention: bool = False  # `step` has a 4th output: alpha (N, L) over the h*w grid cells
 
 
 def step_models(model: keras.Model) -> StepModels:
-    """Rebuild `init` (image -> [h, c, *context]) and `step` ([token (N,1), h, c, *context] -> [log p (N,V), h, c])."""
+    """Rebuild `init` (image -> [h, c, *context]) and `step` ([token (N,1), h, c, *context] -> [log p (N,V), h, c]).
+
+    For the attention decoder `step` also outputs alpha (N, L), the attention over the grid cells that
+    chose this word (the LSTM output of a one-token step is its new h, the query of the attention).
+    """
     kind = decoder_kind(model)
     lay = {layer.name: layer for layer in model.layers}
     image = keras.Input(model.inputs[0].shape[1:], name="image")
@@ -255,8 +279,12 @@ def step_models(model: keras.Model) -> StepModels:
     ctx_in = [keras.Input(t.shape[1:], name=f"context_{i}") for i, t in enumerate(context)]
     logits, h, c = _decode(kind, lay, token, h_in, c_in, ctx_in)
     log_probs = layers.Activation("log_softmax")(layers.Reshape((logits.shape[-1],))(logits))
-    step = keras.Model([token, h_in, c_in, *ctx_in], [log_probs, h, c], name=f"{kind}_step")
-    return StepModels(kind=kind, init=init, step=step, vocab_size=int(logits.shape[-1]))
+    outputs = [log_probs, h, c]
+    if kind == "attention":
+        outputs.append(AttentionProbe(lay["attend"], name="attention_probe")([h, ctx_in[1]]))
+    step = keras.Model([token, h_in, c_in, *ctx_in], outputs, name=f"{kind}_step")
+    return StepModels(kind=kind, init=init, step=step, vocab_size=int(logits.shape[-1]),
+                      has_attention=kind == "attention")
 
 
 def masked_loss(y_true, y_pred):

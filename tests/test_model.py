@@ -44,9 +44,14 @@ def test_decoder_trains_saves_and_loads_safely(kind, tmp_path):
     steps = step_models(loaded)
     h, c, *context = steps.init(image)
     full = keras.ops.convert_to_numpy(keras.ops.log_softmax(loaded([image, tokens[:, :3]]), axis=-1))
+    assert steps.has_attention == (kind == "attention")
     for t in range(3):
-        log_p, h, c = steps.step([keras.ops.convert_to_tensor(tokens[:, t : t + 1]), h, c, *context])
+        log_p, h, c, *alpha = steps.step([keras.ops.convert_to_tensor(tokens[:, t : t + 1]), h, c, *context])
         np.testing.assert_allclose(keras.ops.convert_to_numpy(log_p), full[:, t], atol=1e-5)
+        if steps.has_attention:  # one weight per grid cell, a distribution per image
+            alpha = keras.ops.convert_to_numpy(alpha[0])
+            assert alpha.shape == (6, 2 * 3) and (alpha >= 0).all()
+            np.testing.assert_allclose(alpha.sum(axis=1), 1.0, atol=1e-5)
 
 
 def test_masked_loss_ignores_padding():
