@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
@@ -13,34 +14,59 @@ _BANNED = (PAD_ID, START_ID, UNK_ID)
 _NEG = np.float32(-1e9)
 
 
-class CaptionDecoder:
-    """Caption image features with a trained decoder; `init` runs once per image, `step` once per word."""
+@dataclass
+class Beams:
+    """One image's finished beams, best first (by log p / length**alpha).
 
-    def __init__(self, model, max_length: int, chunk_images: int = 256):
+    ids: token ids without <end>; log_probs: each beam's summed log-probability (its <end> included);
+    attention: per beam, (len(ids), L) attention weights over the grid cells for each word, or None.
+    """
+
+    ids: list[list[int]]
+    log_probs: list[float]
+    attention: list[np.ndarray] | None
+
+
+class CaptionDecoder:
+    """Caption image features with a trained decoder; `init` runs once per image, `step` once per word.
+
+    With `attention=True` (and an attention decoder) each step also returns the attention weights, for
+    `beam_search` to report; otherwise the step graph leaves them out and costs nothing extra.
+    """
+
+    def __init__(self, model, max_length: int, chunk_images: int = 256, attention: bool = False):
+        import keras
         import tensorflow as tf
 
         self.models: StepModels = step_models(model)
+        self.attention = attention and self.models.has_attention
         self.max_steps = max(int(max_length) - 1, 1)
         self.chunk_images = chunk_images
         init, step = self.models.init, self.models.step
+        if self.models.has_attention and not self.attention:
+            step = keras.Model(step.inputs, step.outputs[:3], name=step.name)
         self._init = tf.function(lambda x: init(x, training=False), input_signature=[_signature(init.inputs[0])])
         self._step = tf.function(
             lambda args: step(args, training=False), input_signature=[[_signature(t) for t in step.inputs]]
         )
 
-    def _start(self, images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
-        """Run `init` and the first word step: (masked log p (B, V), context, h, c)."""
+    def _start(self, images: np.ndarray):
+        """Run `init` and the first word step: (masked log p (B, V), context, h, c, alpha (B, L) or None)."""
         h, c, *context = (np.asarray(t) for t in self._init(images.astype(np.float32, copy=False)))
         tokens = np.full((len(images), 1), START_ID, dtype=np.int32)
-        log_probs, h, c = self.step(tokens, h, c, context)
-        return log_probs, context, h, c
+        log_probs, h, c, alpha = self._run_step(tokens, h, c, context)
+        return log_probs, context, h, c, alpha
 
     def step(self, tokens: np.ndarray, h: np.ndarray, c: np.ndarray, context: list[np.ndarray]):
         """One decoding step for N rows: (log p (N, V) with pad/start/unk banned, new h, new c)."""
-        log_probs, h, c = self._step([tokens.reshape(-1, 1).astype(np.int32), h, c, *context])
+        return self._run_step(tokens, h, c, context)[:3]
+
+    def _run_step(self, tokens: np.ndarray, h: np.ndarray, c: np.ndarray, context: list[np.ndarray]):
+        """One decoding step: (masked log p (N, V), h, c, attention (N, L) or None)."""
+        log_probs, h, c, *alpha = self._step([tokens.reshape(-1, 1).astype(np.int32), h, c, *context])
         log_probs = np.array(log_probs)
         log_probs[:, _BANNED] = _NEG
-        return log_probs, np.asarray(h), np.asarray(c)
+        return log_probs, np.asarray(h), np.asarray(c), (np.asarray(alpha[0]) if alpha else None)
 
     def _chunks(self, features: np.ndarray) -> Iterator[np.ndarray]:
         for start in range(0, len(features), self.chunk_images):
@@ -69,7 +95,7 @@ class CaptionDecoder:
 
         Returns (n*k, steps) ids with <end> kept and pad after it; rows i*k .. i*k+k-1 belong to image i.
         """
-        log_probs, context, h, c = self._start(images)
+        log_probs, context, h, c, _ = self._start(images)
         log_probs = np.repeat(log_probs, k, axis=0)
         h, c, context = _repeat_state(k, h, c, context)
         seqs = np.zeros((len(log_probs), self.max_steps), dtype=np.int32)
@@ -92,28 +118,39 @@ class CaptionDecoder:
         progress: Callable[[int], None] | None = None,
     ) -> list[list[int]]:
         """Beam search over all images at once; the final pick is by log p / length**alpha. Ids without <end>."""
-        out: list[list[int]] = []
+        return [found.ids[0] for found in self.beam_search(features, beam_size, length_alpha, progress)]
+
+    def beam_search(
+        self,
+        features: np.ndarray,
+        beam_size: int,
+        length_alpha: float = 1.0,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Beams]:
+        """Beam search over all images at once: every image's beams with their log-probabilities, best first."""
+        out: list[Beams] = []
         for chunk in self._chunks(features):
             out.extend(self._beam_chunk(chunk, max(int(beam_size), 1), length_alpha))
             if progress is not None:
                 progress(len(chunk))
         return out
 
-    def _beam_chunk(self, images: np.ndarray, k: int, alpha: float) -> list[list[int]]:
+    def _beam_chunk(self, images: np.ndarray, k: int, alpha: float) -> list[Beams]:
         n = len(images)
-        log_probs, context, h, c = self._start(images)
+        log_probs, context, h, c, att = self._start(images)
         vocab = log_probs.shape[1]
         k = min(k, vocab - len(_BANNED))
         first = np.argsort(-log_probs, axis=1, kind="stable")[:, :k]  # (n, k)
         scores = np.take_along_axis(log_probs, first, axis=1).reshape(-1)  # (n*k,)
         seqs = first.reshape(-1, 1).astype(np.int32)
         h, c, context = _repeat_state(k, h, c, context)
+        maps = None if att is None else np.repeat(att, k, axis=0)[:, None]  # (n*k, steps, L)
         done = seqs[:, 0] == END_ID
         lengths = np.ones(n * k, dtype=np.float32)
         for _ in range(1, self.max_steps):
             if done.all():
                 break
-            log_probs, h, c = self.step(seqs[:, -1], h, c, context)
+            log_probs, h, c, att = self._run_step(seqs[:, -1], h, c, context)
             log_probs[done] = _NEG
             log_probs[done, PAD_ID] = 0.0  # a finished beam carries its score forward unchanged
             total = (scores[:, None] + log_probs).reshape(n, k * vocab)
@@ -125,9 +162,27 @@ class CaptionDecoder:
             done = done[rows] | (tokens == END_ID)
             seqs = np.concatenate([seqs[rows], tokens[:, None]], axis=1)
             h, c = h[rows], c[rows]
-        normed = (scores / lengths**alpha).reshape(n, k)
-        pick = np.arange(n) * k + normed.argmax(axis=1)
-        return [_strip(seqs[row]) for row in pick]
+            if maps is not None:
+                maps = np.concatenate([maps[rows], att[rows][:, None]], axis=1)
+        order = np.argsort(-(scores / lengths**alpha).reshape(n, k), axis=1, kind="stable")
+        found = []
+        for i in range(n):
+            rows = i * k + order[i]
+            ids = [_strip(seqs[row]) for row in rows]
+            attention = None if maps is None else [_word_maps(seqs[row], maps[row]) for row in rows]
+            found.append(Beams(ids=ids, log_probs=[float(scores[row]) for row in rows], attention=attention))
+        return found
+
+
+def _word_maps(seq: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """The attention rows of the words `_strip` keeps: (words, L)."""
+    keep = []
+    for t, i in enumerate(seq.tolist()):
+        if i == END_ID:
+            break
+        if i not in _BANNED:
+            keep.append(t)
+    return maps[keep]
 
 
 def _repeat_state(k: int, h: np.ndarray, c: np.ndarray, context: list[np.ndarray]):
