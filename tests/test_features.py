@@ -125,3 +125,16 @@ def test_stage_script_writes_data_features(tmp_path, monkeypatch):
     meta = json.loads(Path("data/features/meta.json").read_text())
     assert meta["encoder"] == "efficientnet_lite0" and meta["num_images"] == 4
     assert sorted(os.listdir("data/features")) == ["features.h5", "meta.json"]
+
+
+def test_extraction_drops_a_decompression_bomb_like_an_undecodable_image(tmp_path, monkeypatch):
+    from PIL import Image
+
+    folder = tmp_path / "Images"
+    folder.mkdir()
+    Image.fromarray(np.full((20, 20, 3), 90, dtype=np.uint8)).save(folder / "a_small.png")
+    Image.fromarray(np.zeros((100, 100, 3), dtype=np.uint8)).save(folder / "b_bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
+    meta = run_extraction(folder, tmp_path / "features", LITE0)
+    assert meta["num_images"] == 1 and list(meta["skipped"]) == ["b_bomb.png"]
+    assert "decompression bomb" in meta["skipped"]["b_bomb.png"]
