@@ -90,7 +90,7 @@ def decode_bytes(data: bytes, size: int, max_pixels: int | None = None) -> tf.Te
 
 def _decode_resize(data: tf.Tensor, size: int, orientation: tf.Tensor | int) -> tf.Tensor:
     """Encoded bytes -> decoded, turned upright, resized."""
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image = tf.cast(tf.io.decode_image(data, channels=3, expand_animations=False), tf.float32)
     return resize(orient(image, tf.convert_to_tensor(orientation, tf.int32)), size)
 
 
