@@ -32,9 +32,12 @@ class CaptionDecoder:
 
     With `attention=True` (and an attention decoder) each step also returns the attention weights, for
     `beam_search` to report; otherwise the step graph leaves them out and costs nothing extra.
+    `compiled=False` runs the models eagerly: slower per step, but no graph tracing (about a second),
+    which wins when a process captions only a few images.
     """
 
-    def __init__(self, model, max_length: int, chunk_images: int = 256, attention: bool = False):
+    def __init__(self, model, max_length: int, chunk_images: int = 256, attention: bool = False,
+                 compiled: bool = True):
         import keras
         import tensorflow as tf
 
@@ -45,10 +48,11 @@ class CaptionDecoder:
         init, step = self.models.init, self.models.step
         if self.models.has_attention and not self.attention:
             step = keras.Model(step.inputs, step.outputs[:3], name=step.name)
-        self._init = tf.function(lambda x: init(x, training=False), input_signature=[_signature(init.inputs[0])])
-        self._step = tf.function(
-            lambda args: step(args, training=False), input_signature=[[_signature(t) for t in step.inputs]]
-        )
+        self._init = lambda x: init(tf.convert_to_tensor(x), training=False)
+        self._step = lambda args: step([tf.convert_to_tensor(a) for a in args], training=False)
+        if compiled:
+            self._init = tf.function(self._init, input_signature=[_signature(init.inputs[0])])
+            self._step = tf.function(self._step, input_signature=[[_signature(t) for t in step.inputs]])
 
     def _start(self, images: np.ndarray):
         """Run `init` and the first word step: (masked log p (B, V), context, h, c, alpha (B, L) or None)."""
