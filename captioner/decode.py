@@ -50,13 +50,13 @@ class CaptionDecoder:
             step = keras.Model(step.inputs, step.outputs[:3], name=step.name)
         self._init = lambda x: init(tf.convert_to_tensor(x), training=False)
         self._step = lambda args: step([tf.convert_to_tensor(a) for a in args], training=False)
-        if compiled:
-            self._init = tf.function(self._init, input_signature=[_signature(init.inputs[0])])
-            self._step = tf.function(self._step, input_signature=[[_signature(t) for t in step.inputs]])
+        if compiled:  # concrete functions: called per word, they skip tf.function's argument matching
+            self._init = tf.function(self._init).get_concrete_function(_signature(init.inputs[0]))
+            self._step = tf.function(self._step).get_concrete_function([_signature(t) for t in step.inputs])
 
     def _start(self, images: np.ndarray):
         """Run `init` and the first word step: (masked log p (B, V), context, h, c, alpha (B, L) or None)."""
-        h, c, *context = (np.asarray(t) for t in self._init(images.astype(np.float32, copy=False)))
+        h, c, *context = (np.asarray(t) for t in self._init(_tensors([images.astype(np.float32, copy=False)])[0]))
         tokens = np.full((len(images), 1), START_ID, dtype=np.int32)
         log_probs, h, c, alpha = self._run_step(tokens, h, c, context)
         return log_probs, context, h, c, alpha
@@ -67,7 +67,7 @@ class CaptionDecoder:
 
     def _run_step(self, tokens: np.ndarray, h: np.ndarray, c: np.ndarray, context: list[np.ndarray]):
         """One decoding step: (masked log p (N, V), h, c, attention (N, L) or None)."""
-        log_probs, h, c, *alpha = self._step([tokens.reshape(-1, 1).astype(np.int32), h, c, *context])
+        log_probs, h, c, *alpha = self._step(_tensors([tokens.reshape(-1, 1).astype(np.int32), h, c, *context]))
         log_probs = np.array(log_probs)
         log_probs[:, _BANNED] = _NEG
         return log_probs, np.asarray(h), np.asarray(c), (np.asarray(alpha[0]) if alpha else None)
@@ -102,6 +102,7 @@ class CaptionDecoder:
         log_probs, context, h, c, _ = self._start(images)
         log_probs = np.repeat(log_probs, k, axis=0)
         h, c, context = _repeat_state(k, h, c, context)
+        context = _tensors(context)  # the same every step: converted once
         seqs = np.zeros((len(log_probs), self.max_steps), dtype=np.int32)
         done = np.zeros(len(log_probs), dtype=bool)
         for t in range(self.max_steps):
@@ -144,10 +145,11 @@ class CaptionDecoder:
         log_probs, context, h, c, att = self._start(images)
         vocab = log_probs.shape[1]
         k = min(k, vocab - len(_BANNED))
-        first = np.argsort(-log_probs, axis=1, kind="stable")[:, :k]  # (n, k)
+        first = _top_k(log_probs, k)  # (n, k)
         scores = np.take_along_axis(log_probs, first, axis=1).reshape(-1)  # (n*k,)
         seqs = first.reshape(-1, 1).astype(np.int32)
         h, c, context = _repeat_state(k, h, c, context)
+        context = _tensors(context)  # beams of one image share its context, so it is the same every step
         maps = None if att is None else np.repeat(att, k, axis=0)[:, None]  # (n*k, steps, L)
         done = seqs[:, 0] == END_ID
         lengths = np.ones(n * k, dtype=np.float32)
@@ -158,7 +160,7 @@ class CaptionDecoder:
             log_probs[done] = _NEG
             log_probs[done, PAD_ID] = 0.0  # a finished beam carries its score forward unchanged
             total = (scores[:, None] + log_probs).reshape(n, k * vocab)
-            best = np.argsort(-total, axis=1, kind="stable")[:, :k]  # (n, k)
+            best = _top_k(total, k)  # (n, k)
             rows = (np.arange(n)[:, None] * k + best // vocab).reshape(-1)
             tokens = (best % vocab).reshape(-1).astype(np.int32)
             scores = np.take_along_axis(total, best, axis=1).reshape(-1)
@@ -189,9 +191,31 @@ def _word_maps(seq: np.ndarray, maps: np.ndarray) -> np.ndarray:
     return maps[keep]
 
 
+def _top_k(values: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k largest values, largest first, ties to the lower index (a stable argsort's
+    first k), found by partitioning instead of sorting the whole row (rows with a tie at the k-th value sort)."""
+    if k < values.shape[1]:
+        part = np.argpartition(-values, k - 1, axis=1)[:, :k]
+        kth = np.take_along_axis(values, part, axis=1).min(axis=1, keepdims=True)
+        ties = (values >= kth).sum(axis=1) > k
+        if ties.any():
+            part[ties] = np.argsort(-values[ties], axis=1, kind="stable")[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(values.shape[1]), values.shape)
+    order = np.lexsort((part, -np.take_along_axis(values, part, axis=1)), axis=-1)
+    return np.take_along_axis(part, order, axis=1)
+
+
 def _repeat_state(k: int, h: np.ndarray, c: np.ndarray, context: list[np.ndarray]):
     """Each image's LSTM state and context repeated k times (rows i*k .. i*k+k-1), for beams or samples."""
     return np.repeat(h, k, axis=0), np.repeat(c, k, axis=0), [np.repeat(x, k, axis=0) for x in context]
+
+
+def _tensors(arrays: list) -> list:
+    """Arrays as TensorFlow tensors (tensors pass through), as the decoding graphs take them."""
+    import tensorflow as tf
+
+    return [tf.convert_to_tensor(a) for a in arrays]
 
 
 def _signature(tensor):

@@ -126,3 +126,12 @@ def test_attention_maps_follow_the_image():
     assert found[0].ids[0] and found[1].ids[0]
     assert not np.allclose(found[0].attention[0][0], found[1].attention[0][0])
     assert CaptionDecoder(model, max_length=8).beam_search(images[:1], 1)[0].attention is None
+
+
+def test_top_k_is_a_stable_argsorts_head():
+    from captioner.decode import _top_k
+
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 6, size=(50, 40)).astype(np.float32)  # many ties
+    for k in (1, 3, 40):
+        np.testing.assert_array_equal(_top_k(values, k), np.argsort(-values, axis=1, kind="stable")[:, :k])
