@@ -115,7 +115,7 @@ def create_app(
                 "limits": {"upload_bytes": max_upload_bytes, "pixels": max_pixels, "beam_size": [1, max_beam]}}
 
     @app.post("/api/caption")
-    async def caption(request: Request) -> dict[str, Any]:
+    async def caption(request: Request) -> JSONResponse:
         data, beam = await _read_upload(request, max_upload_bytes, max_beam, captioner.default_beam_size)
         try:
             read_header(data, max_pixels)
@@ -133,8 +133,8 @@ def create_app(
         except CaptionerError as exc:
             raise ApiError(415, str(exc).removeprefix("image 0: ")) from exc
         grid = captioner.grid_shape
-        return {**result.to_json(), "grid": list(grid) if grid else None, "beam_size": beam,
-                "seconds": round(seconds, 4), "model": captioner.source}
+        return JSONResponse({**result.to_json(), "grid": list(grid) if grid else None, "beam_size": beam,
+                             "seconds": round(seconds, 4), "model": captioner.source})
 
     app.mount("/static", StaticFiles(directory=str(web)), name="static")
     return app
