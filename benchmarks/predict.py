@@ -1,44 +1,56 @@
-"""Prediction speed: one photo from command start, warm single-image latency, images/s on a folder, decoding.
+"""Prediction speed: one photo from command start, warm latency through the server, images/s, decoding.
 
 Uses the bundle at --model (default models/captioner); without one, a stand-in bundle (efficientnet_lite0
-ImageNet encoder, untrained merge decoder of the default size, 2900-word vocabulary) has the same cost.
+ImageNet encoder, untrained attention decoder of the default size, 2900-word vocabulary) has the same cost.
+`--baseline DIR` also times `captioner predict` from another checkout (e.g. `git worktree add /tmp/base main`)
+in the same run, for a ratio that does not depend on how busy the machine is.
 
-    python benchmarks/predict.py [--model DIR] [--photo FILE] [--folder DIR] [--images 200] [--repeats 3]
+    python benchmarks/predict.py [--model DIR] [--photo FILE] [--folder DIR] [--images 200] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "flickr8k"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "flickr8k"
+COLD_TARGET_S = 3.0
+WARM_TARGET_S = 0.100
 
 
 def stand_in_bundle(directory: Path) -> Path:
-    """An untrained bundle shaped like the default Flickr8k one (timing only; captions are nonsense)."""
+    """An untrained bundle shaped like the default Flickr8k one (timing only; captions are nonsense).
+
+    An untrained decoder never says <end>, so its captions are capped at 13 words: a trained Flickr8k
+    model's beams end after about 12, and each word is one decoding step.
+    """
     from captioner.bundle import make_config, save_bundle
     from captioner.model import DecoderSpec, build_decoder
     from captioner.params import DEFAULTS
     from captioner.text import RESERVED, Vocabulary
 
     p = DEFAULTS["train"]
-    vocab = Vocabulary(tokens=(*RESERVED, *(f"w{i}" for i in range(2896))), max_length=24)
-    model = build_decoder(DecoderSpec("merge", len(vocab), (1280,), p["embedding_dim"], p["units"], p["dropout"]))
+    grid = (7, 7, 1280)
+    vocab = Vocabulary(tokens=(*RESERVED, *(f"w{i}" for i in range(2896))), max_length=15)
+    model = build_decoder(DecoderSpec("attention", len(vocab), grid, p["embedding_dim"], p["units"], p["dropout"]))
     config = make_config(
-        {"name": "efficientnet_lite0", "weights": "imagenet", "input_size": 224, "output": "pooled"},
-        (1280,),
-        {"kind": "merge", "embedding_dim": p["embedding_dim"], "units": p["units"], "dropout": p["dropout"],
+        {"name": "efficientnet_lite0", "weights": "imagenet", "input_size": 224, "output": "grid"},
+        grid,
+        {"kind": "attention", "embedding_dim": p["embedding_dim"], "units": p["units"], "dropout": p["dropout"],
          "vocab_size": len(vocab)},
-        {"beam_size": 3, "max_length": 24, "length_alpha": 1.0},
+        {"beam_size": 3, "max_length": 15, "length_alpha": 1.0},
     )
     save_bundle(directory, model, vocab, config)
     return directory
@@ -62,15 +74,58 @@ def default_photos(tmp: Path, count: int) -> list[Path]:
     return paths
 
 
-def cold_start(model: Path, photo: Path, repeats: int) -> float:
-    """Median seconds of `captioner predict PHOTO` from process start to exit."""
-    times = []
+def timed_runs(cmd: list[str], repeats: int, pythonpath: Path) -> tuple[float, float]:
+    """Median wall seconds and median CPU seconds (user + system) of running `cmd` `repeats` times."""
+    walls, cpus = [], []
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, env=env)
+        walls.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def predict_cmd(model: Path, *images: Path) -> list[str]:
+    """`captioner predict IMAGES --model MODEL` as a fresh Python process."""
+    return [sys.executable, "-m", "captioner.cli", "predict", *map(str, images), "--model", str(model)]
+
+
+def server_latency(model: Path, photo: Path, repeats: int) -> tuple[float, float, int]:
+    """Median seconds of one POST /api/caption (beam 3) to a warm server, in-process API median, 8-way all-200 count."""
+    import httpx
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers_server import running_server
+
+    from captioner.api import Captioner
+    from captioner.server import create_app, warm_up
+
+    captioner = Captioner.load(model)
+    warm_up(captioner)
+    data = photo.read_bytes()
+    api = []
     for _ in range(repeats):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "captioner.cli", "predict", str(photo), "--model", str(model)],
-                       check=True, capture_output=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        captioner.caption([data], beam_size=3)
+        api.append(time.perf_counter() - start)
+    with running_server(create_app(captioner)) as url, httpx.Client(timeout=60) as client:
+
+        def post() -> int:
+            files = {"image": (photo.name, data, "image/jpeg")}
+            return client.post(f"{url}/api/caption", files=files, data={"beam_size": "3"}).status_code
+
+        post()
+        http = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            assert post() == 200
+            http.append(time.perf_counter() - start)
+        with ThreadPoolExecutor(8) as pool:
+            answered = sum(code == 200 for code in pool.map(lambda _: post(), range(8)))
+    return statistics.median(http), statistics.median(api), answered
 
 
 def main() -> None:
@@ -80,7 +135,8 @@ def main() -> None:
     parser.add_argument("--folder", default=None, help="folder for images/s (default: Flickr8k images or synthetic)")
     parser.add_argument("--images", type=int, default=200, help="images from the folder")
     parser.add_argument("--decode-images", type=int, default=1000, help="images for the decoding-only timing")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--baseline", default=None, help="another checkout whose `captioner predict` to time too")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="captioner-bench-"))
@@ -91,68 +147,62 @@ def main() -> None:
     folder_paths = sorted(Path(args.folder).iterdir())[: args.images] if args.folder else default_photos(tmp, args.images)
     photo = Path(args.photo) if args.photo else (sorted((SHARED / "photos").glob("*.jpg")) or folder_paths)[0]
 
-    cold = cold_start(model, photo, args.repeats)
+    load = os.getloadavg()[0]
+    cold, cold_cpu = timed_runs(predict_cmd(model, photo), args.repeats, ROOT)
+    floor, floor_cpu = timed_runs([sys.executable, "-c", "import tensorflow"], args.repeats, ROOT)
+    base = timed_runs(predict_cmd(model, photo), args.repeats, Path(args.baseline)) if args.baseline else None
+    warm_http, warm_api, answered = server_latency(model, photo, max(args.repeats, 20))
 
-    import tensorflow as tf
+    import tensorflow as tf  # noqa: F401
 
-    from captioner.bundle import load_bundle
-    from captioner.decode import CaptionDecoder
-    from captioner.encoders import build_encoder, get_spec
-    from captioner.images import image_batches
-    from captioner.model import prepare_features
+    from captioner.api import Captioner
 
-    bundle = load_bundle(model)
-    enc = bundle.config["encoder"]
-    beam = int(bundle.config["decoding"]["beam_size"])
-    encoder = build_encoder(enc["name"], enc["weights"], enc["output"])
-    infer = tf.function(lambda x: encoder(x, training=False), reduce_retracing=True)
-    size = get_spec(enc["name"]).input_size
-    decoder = CaptionDecoder(bundle.model, bundle.vocab.max_length)
-
-    def caption(paths: list[Path], batch: int) -> list[list[int]]:
-        feats = [infer(images).numpy() for _, images in image_batches(paths, size, batch)]
-        return decoder.beam(prepare_features(np.concatenate(feats), bundle.decoder_kind, "features"), beam)
-
-    caption([photo], 1)  # warm-up traces
-    warm = []
-    for _ in range(max(args.repeats, 5)):
-        start = time.perf_counter()
-        caption([photo], 1)
-        warm.append(time.perf_counter() - start)
+    captioner = Captioner.load(model)
+    bundle = captioner.bundle
+    beam = captioner.default_beam_size
+    captioner.caption_files(folder_paths[:2], beam)  # warm-up traces
     folder_rates = []
-    for _ in range(args.repeats):
+    for _ in range(min(args.repeats, 3)):
         start = time.perf_counter()
-        caption(folder_paths, 32)
+        captioner.caption_files(folder_paths, beam)
         folder_rates.append(len(folder_paths) / (time.perf_counter() - start))
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "captioner.cli", "predict", *map(str, folder_paths), "--model", str(model)],
-                   check=True, capture_output=True)
-    cli_rate = len(folder_paths) / (time.perf_counter() - start)
+    cli_s, _ = timed_runs(predict_cmd(model, *folder_paths), 1, ROOT)
 
+    from captioner.decode import CaptionDecoder
+
+    decoder = CaptionDecoder(bundle.model, bundle.vocab.max_length)
     rng = np.random.default_rng(0)
     feats = rng.random((args.decode_images, *bundle.model.inputs[0].shape[1:]), dtype=np.float32)
     decoder.beam(feats[:8], beam)
     decode_times = []
-    for _ in range(args.repeats):
+    for _ in range(min(args.repeats, 3)):
         start = time.perf_counter()
         decoder.beam(feats, beam)
         decode_times.append(time.perf_counter() - start)
-    decode_s = statistics.median(decode_times)
 
+    enc = bundle.config["encoder"]
     print(f"bundle {model} ({bundle.decoder_kind}, vocab {len(bundle.vocab)}, encoder {enc['name']} {enc['output']}); "
-          f"beam {beam}; medians of {args.repeats}+ runs")
+          f"beam {beam}; photo {photo.name}; medians; load average {load:.1f} on {os.cpu_count()} CPUs at start")
     rows = [
-        ("one photo, command start to caption (s)", cold, 5.0, "<"),
-        ("warm single-image latency (s)", statistics.median(warm), None, ""),
-        (f"folder of {len(folder_paths)} images, in process (images/s)", statistics.median(folder_rates), None, ""),
-        (f"folder of {len(folder_paths)} images, `captioner predict` (images/s)", cli_rate, None, ""),
-        (f"decode {args.decode_images} images' features, beam {beam} (s)", decode_s, 60.0, "<"),
+        ("`captioner predict one.jpg`, command start to exit (s)", cold, COLD_TARGET_S),
+        ("  the same, CPU time user+system (s)", cold_cpu, None),
+        ("  floor: `python -c 'import tensorflow'` (s)", floor, None),
+        ("  floor, CPU time (s)", floor_cpu, None),
+        *([("  baseline checkout, command start to exit (s)", base[0], None),
+           ("  baseline checkout, CPU time (s)", base[1], None)] if base else []),
+        ("warm latency, POST /api/caption one photo, beam 3 (s)", warm_http, WARM_TARGET_S),
+        ("warm latency, Captioner.caption one photo, beam 3 (s)", warm_api, WARM_TARGET_S),
+        ("concurrent requests answered with 200 (of 8)", answered, None),
+        (f"folder of {len(folder_paths)} images, in process (images/s)", statistics.median(folder_rates), None),
+        (f"folder of {len(folder_paths)} images, `captioner predict` (images/s)", len(folder_paths) / cli_s, None),
+        (f"decode {args.decode_images} images' features, beam {beam} (s)", statistics.median(decode_times), 60.0),
     ]
-    print(f"{'measure':<58}{'median':>10}{'target':>10}{'ratio':>8}")
-    for label, value, target, _ in rows:
+    print(f"{'measure':<60}{'median':>10}{'target':>10}{'ratio':>8}")
+    for label, value, target in rows:
         ratio = f"{value / target:.2f}" if target else ""
-        print(f"{label:<58}{value:>10.3f}{(f'{target:.0f}' if target else ''):>10}{ratio:>8}")
-    print(f"cold start / warm latency: {cold / statistics.median(warm):.1f}x")
+        print(f"{label:<60}{value:>10.3f}{(f'{target:g}' if target else ''):>10}{ratio:>8}")
+    if base:
+        print(f"cold start vs baseline checkout: {cold / base[0]:.2f}x wall, {cold_cpu / base[1]:.2f}x CPU")
 
 
 if __name__ == "__main__":
