@@ -111,9 +111,12 @@ class Captioner:
     def caption(self, images: Sequence[ImageInput] | ImageInput, beam_size: int | None = None) -> list[Caption]:
         """Caption images: paths, PIL images, (h, w[, 3]) arrays 0-255 or encoded bytes; one Caption per image.
 
-        An image that cannot be read is a CaptionerError naming it.
+        One image needs no list; an (n, h, w, 3) array is n images. An image that cannot be read is a
+        CaptionerError naming it.
         """
-        if isinstance(images, (str, os.PathLike, bytes, np.ndarray)) or not isinstance(images, Sequence):
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)
+        elif isinstance(images, (str, os.PathLike, bytes, np.ndarray)) or not isinstance(images, Sequence):
             images = [images]
         return self.caption_features(self.encode(list(images)), beam_size)
 

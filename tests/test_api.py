@@ -39,6 +39,7 @@ def test_every_kind_of_input_gives_the_same_caption(captioner, photos):
     results = captioner.caption([path, str(path), path.read_bytes(), pil, np.asarray(pil)])
     assert len({r.caption for r in results}) == 1
     assert captioner.caption(path)[0].caption == results[0].caption  # one image needs no list
+    assert [r.caption for r in captioner.caption(np.stack([np.asarray(pil)] * 2))] == [results[0].caption] * 2
     np.testing.assert_allclose(results[0].attention, results[3].attention, atol=1e-3)
 
 
