@@ -74,18 +74,22 @@ def default_photos(tmp: Path, count: int) -> list[Path]:
     return paths
 
 
-def timed_runs(cmd: list[str], repeats: int, pythonpath: Path) -> tuple[float, float]:
-    """Median wall seconds and median CPU seconds (user + system) of running `cmd` `repeats` times."""
-    walls, cpus = [], []
-    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+def timed_runs(cmds: list[tuple[list[str], Path]], repeats: int) -> list[tuple[float, float]]:
+    """Per (command, PYTHONPATH): median wall seconds and median CPU seconds (user + system).
+
+    The commands take turns, round after round, so a change in how busy the machine is hits them alike.
+    """
+    walls: list[list[float]] = [[] for _ in cmds]
+    cpus: list[list[float]] = [[] for _ in cmds]
     for _ in range(repeats):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True, env=env)
-        walls.append(time.perf_counter() - start)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-    return statistics.median(walls), statistics.median(cpus)
+        for i, (cmd, pythonpath) in enumerate(cmds):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(pythonpath)})
+            walls[i].append(time.perf_counter() - start)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpus[i].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return [(statistics.median(w), statistics.median(c)) for w, c in zip(walls, cpus)]
 
 
 def predict_cmd(model: Path, *images: Path) -> list[str]:
@@ -148,12 +152,12 @@ def main() -> None:
     photo = Path(args.photo) if args.photo else (sorted((SHARED / "photos").glob("*.jpg")) or folder_paths)[0]
 
     load = os.getloadavg()[0]
-    cold, cold_cpu = timed_runs(predict_cmd(model, photo), args.repeats, ROOT)
-    floor, floor_cpu = timed_runs([sys.executable, "-c", "import tensorflow"], args.repeats, ROOT)
-    base = timed_runs(predict_cmd(model, photo), args.repeats, Path(args.baseline)) if args.baseline else None
+    cmds = [(predict_cmd(model, photo), ROOT), ([sys.executable, "-c", "import tensorflow"], ROOT)]
+    if args.baseline:
+        cmds.append((predict_cmd(model, photo), Path(args.baseline)))
+    (cold, cold_cpu), (floor, floor_cpu), *rest = timed_runs(cmds, args.repeats)
+    base = rest[0] if rest else None
     warm_http, warm_api, answered = server_latency(model, photo, max(args.repeats, 20))
-
-    import tensorflow as tf  # noqa: F401
 
     from captioner.api import Captioner
 
@@ -166,7 +170,7 @@ def main() -> None:
         start = time.perf_counter()
         captioner.caption_files(folder_paths, beam)
         folder_rates.append(len(folder_paths) / (time.perf_counter() - start))
-    cli_s, _ = timed_runs(predict_cmd(model, *folder_paths), 1, ROOT)
+    [(cli_s, _)] = timed_runs([(predict_cmd(model, *folder_paths), ROOT)], 1)
 
     from captioner.decode import CaptionDecoder
 
