@@ -114,3 +114,32 @@ def test_eight_concurrent_requests_are_all_answered(server, photo):
     for beam, r in zip([1, 2, 3, 4, 1, 2, 3, 4], responses):
         by_beam.setdefault(beam, set()).add(r.json()["caption"])
     assert all(len(captions) == 1 for captions in by_beam.values())  # same answer as when alone
+
+
+def test_captioner_serve_command_serves_until_interrupted(tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    bundle = make_bundle(tmp_path / "captioner", kind="merge", weights="none")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "captioner.cli", "serve", "--model", str(bundle), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+                time.sleep(0.5)
+        assert health["model"] == str(bundle) and health["decoder"] == "merge" and health["attention"] is False
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert f"serving {bundle} on http://127.0.0.1:{port}/" in err
