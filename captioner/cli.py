@@ -162,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from captioner.stage import run_main
 
     args = build_parser().parse_args(argv)
-    _skip_unused_imports()
+    if argv is None:  # a process of its own: nothing else will want IPython or pyplot
+        _skip_unused_imports()
     status: list[int] = []
     try:
         command = run_serve if args.command == "serve" else run_predict
