@@ -1,7 +1,7 @@
-"""The `captioner` command: `captioner predict IMAGE... [--model DIR] [--beam-size N] [--json]`.
+"""The `captioner` command: `captioner predict IMAGE... [--explain OUT_DIR]` and `captioner serve`.
 
 Arguments are parsed and the bundle's config read before TensorFlow is imported, so usage errors are
-instant; the encoder is rebuilt from the bundle's config and every image is captioned in one batch run.
+instant; then everything goes through the Python API (`captioner.api.Captioner`).
 """
 
 from __future__ import annotations
@@ -12,15 +12,20 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from captioner.errors import CaptionerError
 
+if TYPE_CHECKING:
+    from captioner.api import Caption, Captioner
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+EAGER_MAX_IMAGES = 4  # up to this many images, running the models eagerly beats tracing their graphs
+UNUSED_MODULES = ("IPython", "matplotlib.pyplot")  # Keras imports them at start-up if installed; we use neither
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (subcommand `predict`)."""
+    """The argument parser (subcommands `predict` and `serve`)."""
     parser = argparse.ArgumentParser(prog="captioner", description="Caption photos with a trained captioner bundle.")
     sub = parser.add_subparsers(dest="command", required=True)
     predict = sub.add_parser("predict", help="caption images (files or folders of JPEG/PNG)")
@@ -28,7 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", default="models/captioner", help="model bundle folder (default: %(default)s)")
     predict.add_argument("--beam-size", type=int, default=None, help="beam width (1 = greedy; default: the bundle's)")
     predict.add_argument("--batch-size", type=int, default=32, help="images per encoder batch (default: %(default)s)")
-    predict.add_argument("--json", action="store_true", help="print a JSON list of {image, caption}")
+    predict.add_argument("--json", action="store_true",
+                         help="print a JSON list of {image, caption, log_prob, alternatives}")
+    predict.add_argument("--explain", metavar="OUT_DIR", default=None,
+                         help="also write OUT_DIR/<image stem>.png: the photo, its caption and a heatmap per word")
+    serve = sub.add_parser("serve", help="a web page and a JSON API that caption uploaded photos")
+    serve.add_argument("--model", default="models/captioner", help="model bundle folder (default: %(default)s)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     return parser
 
 
@@ -51,40 +63,21 @@ def expand_inputs(args: Sequence[str]) -> tuple[list[Path], dict[str, str]]:
     return unique, errors
 
 
-def predict(paths: list[Path], model_dir: str, beam_size: int | None, batch_size: int) -> tuple[dict[str, str], dict[str, str]]:
-    """Caption `paths` with the bundle in `model_dir`: ({path: caption}, {path: why it failed})."""
-    from captioner.bundle import read_config
-
-    config = read_config(model_dir)
+def load_captioner(model_dir: str, compiled: bool = True) -> Captioner:
+    """The bundle's Captioner; TensorFlow's C++ start-up lines are kept off the terminal."""
     with _quiet_native_stderr():
         import tensorflow as tf
 
         tf.zeros(1)  # device set-up logs its CUDA probing here
-    from captioner.bundle import load_bundle
-    from captioner.evaluation import caption_features
-    from captioner.features import extract_features
+    from captioner.api import Captioner
 
-    bundle = load_bundle(model_dir)
-    beam = int(beam_size if beam_size is not None else config["decoding"]["beam_size"])
-    if beam < 1:
-        raise CaptionerError(f"--beam-size must be at least 1, got {beam}")
-    enc = config["encoder"]
-    done: dict[str, str] = {}
-    failed: dict[str, str] = {}
-    for group in _unique_name_groups(paths):
-        names, features, skipped = extract_features(
-            group, enc["name"], enc["weights"], enc["output"], batch_size, progress=len(group) > 64
-        )
-        if len(names) and tuple(features.shape[1:]) != bundle.feature_shape:
-            raise CaptionerError(
-                f"{model_dir}: encoder {enc['name']} gives features {tuple(features.shape[1:])} "
-                f"but the decoder was trained on {bundle.feature_shape}"
-            )
-        captions = caption_features(bundle, features, beam, progress=False) if len(names) else []
-        by_name = {p.name: str(p) for p in group}
-        done.update({by_name[n]: c for n, c in zip(names, captions)})
-        failed.update({by_name[n]: (reason.strip().splitlines() or ["not a readable image"])[0] for n, reason in skipped.items()})
-    return done, failed
+    return Captioner.load(model_dir, compiled=compiled)
+
+
+def _skip_unused_imports() -> None:
+    """Keep Keras from importing IPython and pyplot (about 0.5 s of start-up): the command uses neither."""
+    for name in UNUSED_MODULES:
+        sys.modules.setdefault(name, None)  # a None entry makes `import name` raise ImportError, which Keras expects
 
 
 @contextlib.contextmanager
@@ -101,20 +94,18 @@ def _quiet_native_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _unique_name_groups(paths: list[Path]) -> list[list[Path]]:
-    """Split paths into as few groups as possible whose file names are unique (features are keyed by name)."""
-    groups: list[list[Path]] = []
-    seen: list[set[str]] = []
-    for p in paths:
-        for group, names in zip(groups, seen):
-            if p.name not in names:
-                group.append(p)
-                names.add(p.name)
-                break
-        else:
-            groups.append([p])
-            seen.append({p.name})
-    return groups
+def write_explanations(out_dir: Path, paths: list[Path], results: dict[int, Caption]) -> dict[int, str]:
+    """One figure per captioned image into `out_dir`; returns {index: why its figure failed}."""
+    from captioner.explain import explanation_figure, explanation_paths, load_photo, save_figure
+
+    failed: dict[int, str] = {}
+    for i, target in enumerate(explanation_paths(paths, out_dir)):
+        if i in results:
+            try:
+                save_figure(explanation_figure(load_photo(paths[i]), results[i], paths[i].name), target)
+            except OSError as exc:
+                failed[i] = f"cannot write {target} ({exc.strerror or exc})"
+    return failed
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -124,21 +115,42 @@ def run_predict(args: argparse.Namespace) -> int:
     read_config(args.model)  # a missing or broken bundle fails before any image work
     if args.batch_size < 1:
         raise CaptionerError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.beam_size is not None and args.beam_size < 1:
+        raise CaptionerError(f"--beam-size must be at least 1, got {args.beam_size}")
+    if args.explain is not None and Path(args.explain).exists() and not Path(args.explain).is_dir():
+        raise CaptionerError(f"--explain {args.explain}: exists and is not a folder")
     paths, errors = expand_inputs(args.images)
-    captions: dict[str, str] = {}
+    results: dict[int, Caption] = {}
     if paths:
-        captions, failed = predict(paths, args.model, args.beam_size, args.batch_size)
-        errors.update(failed)
-    order = [str(p) for p in paths]
+        captioner = load_captioner(args.model, compiled=len(paths) > EAGER_MAX_IMAGES)
+        results, failed = captioner.caption_files(paths, args.beam_size, args.batch_size)
+        if args.explain is not None:
+            failed.update(write_explanations(Path(args.explain), paths, results))
+        errors.update({str(paths[i]): (reason.strip().splitlines() or ["not a readable image"])[0]
+                       for i, reason in failed.items()})
     if args.json:
-        print(json.dumps([{"image": p, "caption": captions[p]} for p in order if p in captions], indent=2))
+        print(json.dumps([{"image": str(p), **results[i].to_json(attention=False)}
+                          for i, p in enumerate(paths) if i in results], indent=2))
     else:
-        for p in order:
-            if p in captions:
-                print(f"{p}\t{captions[p]}")
+        for i, p in enumerate(paths):
+            if i in results:
+                print(f"{p}\t{results[i].caption}")
     for path, reason in errors.items():
         print(f"error: {path}: {reason}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve the web page and the JSON API until interrupted."""
+    from captioner.bundle import read_config
+
+    read_config(args.model)
+    if not 0 < args.port < 65536:
+        raise CaptionerError(f"--port must be 1-65535, got {args.port}")
+    from captioner.server import serve
+
+    serve(load_captioner(args.model), args.host, args.port)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -150,9 +162,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     from captioner.stage import run_main
 
     args = build_parser().parse_args(argv)
+    if argv is None:  # a process of its own: nothing else will want IPython or pyplot
+        _skip_unused_imports()
     status: list[int] = []
     try:
-        run_main(lambda: status.append(run_predict(args)))
+        command = run_serve if args.command == "serve" else run_predict
+        run_main(lambda: status.append(command(args)))
         code = status[0] if status else 1
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1

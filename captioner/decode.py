@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
@@ -13,20 +14,45 @@ BANNED_IDS = (PAD_ID, START_ID, UNK_ID)
 _NEG = np.float32(-1e9)
 
 
-class CaptionDecoder:
-    """Caption image features with a trained decoder; `init` runs once per image, `step` once per word."""
+@dataclass
+class Beams:
+    """One image's finished beams, best first (by log p / length**alpha).
 
-    def __init__(self, model, max_length: int, chunk_images: int = 256):
+    ids: token ids without <end>; log_probs: each beam's summed log-probability (its <end> included);
+    attention: per beam, (len(ids), L) attention weights over the grid cells for each word, or None.
+    """
+
+    ids: list[list[int]]
+    log_probs: list[float]
+    attention: list[np.ndarray] | None
+
+
+class CaptionDecoder:
+    """Caption image features with a trained decoder; `init` runs once per image, `step` once per word.
+
+    With `attention=True` (and an attention decoder) each step also returns the attention weights, for
+    `beam_search` to report; otherwise the step graph leaves them out and costs nothing extra.
+    `compiled=False` runs the models eagerly: slower per step, but no graph tracing (about a second),
+    which wins when a process captions only a few images.
+    """
+
+    def __init__(self, model, max_length: int, chunk_images: int = 256, attention: bool = False,
+                 compiled: bool = True):
+        import keras
         import tensorflow as tf
 
         self.models: StepModels = step_models(model)
+        self.attention = attention and self.models.has_attention
         self.max_steps = max(int(max_length) - 1, 1)
         self.chunk_images = chunk_images
         init, step = self.models.init, self.models.step
-        self._init = tf.function(lambda x: init(x, training=False), input_signature=[_signature(init.inputs[0])])
-        self._step = tf.function(
-            lambda args: step(args, training=False), input_signature=[[_signature(t) for t in step.inputs]]
-        )
+        if self.models.has_attention and not self.attention:
+            step = keras.Model(step.inputs, step.outputs[:3], name=step.name)
+        self._init = lambda x: init(tf.convert_to_tensor(x), training=False)
+        self._step = lambda args: step([tf.convert_to_tensor(a) for a in args], training=False)
+        if compiled:  # concrete functions: called per word, they skip tf.function's argument matching
+            self._init = tf.function(self._init).get_concrete_function(_signature(init.inputs[0]))
+            self._step = tf.function(self._step).get_concrete_function([_signature(t) for t in step.inputs])
         self._rollout_graph = tf.function(
             self._rollout_fn,
             input_signature=[
@@ -37,19 +63,23 @@ class CaptionDecoder:
             ],
         )
 
-    def _start(self, images: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
-        """Run `init` and the first word step: (masked log p (B, V), context, h, c)."""
-        h, c, *context = (np.asarray(t) for t in self._init(images.astype(np.float32, copy=False)))
+    def _start(self, images: np.ndarray):
+        """Run `init` and the first word step: (masked log p (B, V), context, h, c, alpha (B, L) or None)."""
+        h, c, *context = (np.asarray(t) for t in self._init(_tensors([images.astype(np.float32, copy=False)])[0]))
         tokens = np.full((len(images), 1), START_ID, dtype=np.int32)
-        log_probs, h, c = self.step(tokens, h, c, context)
-        return log_probs, context, h, c
+        log_probs, h, c, alpha = self._run_step(tokens, h, c, context)
+        return log_probs, context, h, c, alpha
 
     def step(self, tokens: np.ndarray, h: np.ndarray, c: np.ndarray, context: list[np.ndarray]):
         """One decoding step for N rows: (log p (N, V) with pad/start/unk banned, new h, new c)."""
-        log_probs, h, c = self._step([tokens.reshape(-1, 1).astype(np.int32), h, c, *context])[:3]
+        return self._run_step(tokens, h, c, context)[:3]
+
+    def _run_step(self, tokens: np.ndarray, h: np.ndarray, c: np.ndarray, context: list[np.ndarray]):
+        """One decoding step: (masked log p (N, V), h, c, attention (N, L) or None)."""
+        log_probs, h, c, *alpha = self._step(_tensors([tokens.reshape(-1, 1).astype(np.int32), h, c, *context]))
         log_probs = np.array(log_probs)
         log_probs[:, BANNED_IDS] = _NEG
-        return log_probs, np.asarray(h), np.asarray(c)
+        return log_probs, np.asarray(h), np.asarray(c), (np.asarray(alpha[0]) if alpha else None)
 
     def _chunks(self, features: np.ndarray) -> Iterator[np.ndarray]:
         for start in range(0, len(features), self.chunk_images):
@@ -120,32 +150,44 @@ class CaptionDecoder:
         progress: Callable[[int], None] | None = None,
     ) -> list[list[int]]:
         """Beam search over all images at once; the final pick is by log p / length**alpha. Ids without <end>."""
-        out: list[list[int]] = []
+        return [found.ids[0] for found in self.beam_search(features, beam_size, length_alpha, progress)]
+
+    def beam_search(
+        self,
+        features: np.ndarray,
+        beam_size: int,
+        length_alpha: float = 1.0,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Beams]:
+        """Beam search over all images at once: every image's beams with their log-probabilities, best first."""
+        out: list[Beams] = []
         for chunk in self._chunks(features):
             out.extend(self._beam_chunk(chunk, max(int(beam_size), 1), length_alpha))
             if progress is not None:
                 progress(len(chunk))
         return out
 
-    def _beam_chunk(self, images: np.ndarray, k: int, alpha: float) -> list[list[int]]:
+    def _beam_chunk(self, images: np.ndarray, k: int, alpha: float) -> list[Beams]:
         n = len(images)
-        log_probs, context, h, c = self._start(images)
+        log_probs, context, h, c, att = self._start(images)
         vocab = log_probs.shape[1]
         k = min(k, vocab - len(BANNED_IDS))
-        first = np.argsort(-log_probs, axis=1, kind="stable")[:, :k]  # (n, k)
+        first = _top_k(log_probs, k)  # (n, k)
         scores = np.take_along_axis(log_probs, first, axis=1).reshape(-1)  # (n*k,)
         seqs = first.reshape(-1, 1).astype(np.int32)
         h, c, context = _repeat_state(k, h, c, context)
+        context = _tensors(context)  # beams of one image share its context, so it is the same every step
+        maps = None if att is None else np.repeat(att, k, axis=0)[:, None]  # (n*k, steps, L)
         done = seqs[:, 0] == END_ID
         lengths = np.ones(n * k, dtype=np.float32)
         for _ in range(1, self.max_steps):
             if done.all():
                 break
-            log_probs, h, c = self.step(seqs[:, -1], h, c, context)
+            log_probs, h, c, att = self._run_step(seqs[:, -1], h, c, context)
             log_probs[done] = _NEG
             log_probs[done, PAD_ID] = 0.0  # a finished beam carries its score forward unchanged
             total = (scores[:, None] + log_probs).reshape(n, k * vocab)
-            best = np.argsort(-total, axis=1, kind="stable")[:, :k]  # (n, k)
+            best = _top_k(total, k)  # (n, k)
             rows = (np.arange(n)[:, None] * k + best // vocab).reshape(-1)
             tokens = (best % vocab).reshape(-1).astype(np.int32)
             scores = np.take_along_axis(total, best, axis=1).reshape(-1)
@@ -153,14 +195,54 @@ class CaptionDecoder:
             done = done[rows] | (tokens == END_ID)
             seqs = np.concatenate([seqs[rows], tokens[:, None]], axis=1)
             h, c = h[rows], c[rows]
-        normed = (scores / lengths**alpha).reshape(n, k)
-        pick = np.arange(n) * k + normed.argmax(axis=1)
-        return [_strip(seqs[row]) for row in pick]
+            if maps is not None:
+                maps = np.concatenate([maps[rows], att[rows][:, None]], axis=1)
+        order = np.argsort(-(scores / lengths**alpha).reshape(n, k), axis=1, kind="stable")
+        found = []
+        for i in range(n):
+            rows = i * k + order[i]
+            ids = [_strip(seqs[row]) for row in rows]
+            attention = None if maps is None else [_word_maps(seqs[row], maps[row]) for row in rows]
+            found.append(Beams(ids=ids, log_probs=[float(scores[row]) for row in rows], attention=attention))
+        return found
+
+
+def _word_maps(seq: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """The attention rows of the words `_strip` keeps: (words, L)."""
+    keep = []
+    for t, i in enumerate(seq.tolist()):
+        if i == END_ID:
+            break
+        if i not in BANNED_IDS:
+            keep.append(t)
+    return maps[keep]
+
+
+def _top_k(values: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k largest values, largest first, ties to the lower index (a stable argsort's
+    first k), found by partitioning instead of sorting the whole row (rows with a tie at the k-th value sort)."""
+    if k < values.shape[1]:
+        part = np.argpartition(-values, k - 1, axis=1)[:, :k]
+        kth = np.take_along_axis(values, part, axis=1).min(axis=1, keepdims=True)
+        ties = (values >= kth).sum(axis=1) > k
+        if ties.any():
+            part[ties] = np.argsort(-values[ties], axis=1, kind="stable")[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(values.shape[1]), values.shape)
+    order = np.lexsort((part, -np.take_along_axis(values, part, axis=1)), axis=-1)
+    return np.take_along_axis(part, order, axis=1)
 
 
 def _repeat_state(k: int, h: np.ndarray, c: np.ndarray, context: list[np.ndarray]):
     """Each image's LSTM state and context repeated k times (rows i*k .. i*k+k-1), for beams or samples."""
     return np.repeat(h, k, axis=0), np.repeat(c, k, axis=0), [np.repeat(x, k, axis=0) for x in context]
+
+
+def _tensors(arrays: list) -> list:
+    """Arrays as TensorFlow tensors (tensors pass through), as the decoding graphs take them."""
+    import tensorflow as tf
+
+    return [tf.convert_to_tensor(a) for a in arrays]
 
 
 def _signature(tensor):

@@ -6,17 +6,24 @@ import csv
 import io
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from captioner.atomic import atomic_path, write_json, write_text
+from captioner.atomic import write_json, write_text
 from captioner.corpus import read_captions, read_splits
 from captioner.datasets.raw import SPLITS
 from captioner.errors import CaptionerError
 from captioner.feature_store import FEATURES_FILE, load_features
+
+if TYPE_CHECKING:
+    from captioner.api import Caption
+
+ATTENTION_SAMPLES = 3
+ATTENTION_WORDS = 7
 
 
 def split_images(splits_path: str | os.PathLike[str], split: str) -> list[str]:
@@ -32,24 +39,6 @@ def split_images(splits_path: str | os.PathLike[str], split: str) -> list[str]:
     return list(names)
 
 
-def caption_features(bundle, features: np.ndarray, beam_size: int, progress: bool = True) -> list[str]:
-    """Captions for rows of extracted features (grids pooled as the decoder needs), batched beam or greedy search."""
-    from tqdm import tqdm
-
-    from captioner.decode import CaptionDecoder
-    from captioner.model import prepare_features
-
-    feats = prepare_features(features, bundle.decoder_kind, "features")
-    decoder = CaptionDecoder(bundle.model, bundle.vocab.max_length)
-    with tqdm(total=len(feats), desc="captioning", unit="img", disable=not progress, file=sys.stderr) as bar:
-        if beam_size <= 1:
-            ids = decoder.greedy(feats)
-            bar.update(len(feats))
-        else:
-            ids = decoder.beam(feats, beam_size, bundle.config["decoding"].get("length_alpha", 1.0), progress=bar.update)
-    return [bundle.vocab.decode(row) for row in ids]
-
-
 def write_predictions_csv(path: str | os.PathLike[str], rows: Sequence[tuple[str, str, Sequence[str]]]) -> None:
     """metrics/predictions.csv: image, prediction, references joined by ' | '."""
     buf = io.StringIO()
@@ -61,37 +50,56 @@ def write_predictions_csv(path: str | os.PathLike[str], rows: Sequence[tuple[str
 
 
 def sample_figure(
-    path: str | os.PathLike[str], images_dir: Path, rows: Sequence[tuple[str, str, Sequence[str]]], count: int
+    path: str | os.PathLike[str],
+    images_dir: Path,
+    rows: Sequence[tuple[str, str, Sequence[str]]],
+    count: int,
+    results: dict[str, Caption] | None = None,
 ) -> None:
-    """A grid of `count` evenly spaced images with predicted (P) and first reference (R) caption under each."""
-    import matplotlib
+    """A grid of `count` evenly spaced images with predicted (P) and first reference (R) caption under each.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import textwrap
+    With attention `results` ({image: Caption}), the first few of them also get a row of per-word heatmaps.
+    """
+    from matplotlib.figure import Figure
 
-    from PIL import Image
+    from captioner.explain import draw_explanation, save_figure
 
     count = min(count, len(rows))
     if count <= 0:
         return
     picks = [rows[int(i)] for i in np.linspace(0, len(rows) - 1, count).round()]
+    explained = [(name, results[name]) for name, _, _ in picks
+                 if results and name in results and results[name].attention is not None][:ATTENTION_SAMPLES]
+    explained = [(name, result, photo) for name, result in explained if (photo := _photo(images_dir / name)) is not None]
     cols = min(4, count)
     nrows = (count + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 5 * nrows), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(4 * cols, 5 * nrows + 2.6 * len(explained)), layout="constrained")
+    grid_fig, *strips = fig.subfigures(1 + len(explained), 1, squeeze=False,
+                                       height_ratios=[5 * nrows] + [2.6] * len(explained)).flat
+    axes = grid_fig.subplots(nrows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (name, prediction, refs) in zip(axes.flat, picks):
-        try:
-            with Image.open(images_dir / name) as img:
-                ax.imshow(img.convert("RGB"))
-        except OSError:
+        photo = _photo(images_dir / name)
+        if photo is None:
             ax.text(0.5, 0.5, "(image not found)", ha="center", va="center")
+        else:
+            ax.imshow(photo)
         text = f"P: {prediction}\nR: {refs[0] if refs else ''}"
         ax.set_title("\n".join(textwrap.fill(line, 42) for line in text.splitlines()), fontsize=8, loc="left")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
+    for strip, (name, result, photo) in zip(strips, explained):
+        draw_explanation(strip, photo, result, name, max_words=ATTENTION_WORDS, columns=ATTENTION_WORDS + 1)
+    save_figure(fig, path)
+
+
+def _photo(path: Path):
+    """The photo upright for a figure, or None if it cannot be read."""
+    from captioner.explain import load_photo
+
+    try:
+        return load_photo(path)
+    except OSError:
+        return None
 
 
 def run_evaluate(
@@ -104,6 +112,7 @@ def run_evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """The evaluate stage; returns the metrics written to metrics/eval.json."""
+    from captioner.api import Captioner
     from captioner.bundle import load_bundle
     from captioner.metrics import caption_scores
 
@@ -126,9 +135,9 @@ def run_evaluate(
     if not kept:
         raise CaptionerError(f"split '{split}': none of its images has both features and captions")
     start = time.monotonic()
-    predictions = caption_features(bundle, features[[row_of[n] for n in kept]], beam_size, progress)
+    results = Captioner(bundle).caption_features(features[[row_of[n] for n in kept]], beam_size, progress)
     seconds = time.monotonic() - start
-    by_name = dict(zip(kept, predictions))
+    by_name = {n: r.caption for n, r in zip(kept, results)}
     scores = caption_scores({n: references[n] for n in kept}, by_name)
     result = {
         **{k: round(v, 5) for k, v in scores.items()},
@@ -141,5 +150,6 @@ def run_evaluate(
     rows = [(n, by_name[n], references[n]) for n in kept]
     write_json(metrics_dir / "eval.json", result)
     write_predictions_csv(metrics_dir / "predictions.csv", rows)
-    sample_figure(metrics_dir / "samples.png", raw_dir / "Images", rows, int(cfg["figure_images"]))
+    sample_figure(metrics_dir / "samples.png", raw_dir / "Images", rows, int(cfg["figure_images"]),
+                  dict(zip(kept, results)))
     return result

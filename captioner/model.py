@@ -307,7 +307,7 @@ def decoder_kind(model: keras.Model) -> str:
 class StepModels:
     """Decoding graphs sharing the training model's weights: `init` runs once per image, `step` once per word.
 
-    `step` returns [log p (N, V), h, c] and, when `attention` is true, a fourth output: the attention
+    `step` returns [log p (N, V), h, c] and, when `has_attention` is true, a fourth output: the attention
     weights (N, L) over the L grid cells for the word it scored.
     """
 
@@ -315,7 +315,7 @@ class StepModels:
     init: keras.Model
     step: keras.Model
     vocab_size: int
-    attention: bool = False
+    has_attention: bool = False
 
 
 def step_models(model: keras.Model) -> StepModels:
@@ -337,7 +337,7 @@ def step_models(model: keras.Model) -> StepModels:
     if alpha is not None:
         outputs.append(layers.Reshape((alpha.shape[-1],))(alpha))
     step = keras.Model([token, h_in, c_in, *ctx_in], outputs, name=f"{kind}_step")
-    return StepModels(kind=kind, init=init, step=step, vocab_size=int(logits.shape[-1]), attention=alpha is not None)
+    return StepModels(kind=kind, init=init, step=step, vocab_size=int(logits.shape[-1]), has_attention=alpha is not None)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

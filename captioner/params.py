@@ -47,7 +47,7 @@ SETTINGS: dict[str, Field] = {
     "train.devices": Field("int", "auto", low=1, high=1024, choices=("auto",)),
     "train.epochs": integer(30, 0, 100_000),
     "train.learning_rate": number(0.001, 1e-12, 10),
-    "train.patience": integer(3, 0, 100_000),
+    "train.patience": integer(2, 0, 100_000),
     "train.scst_epochs": integer(10, 0, 100_000),
     "train.scst_learning_rate": number(0.00005, 1e-12, 10),
     "train.scst_samples": integer(5, 2, 1024),

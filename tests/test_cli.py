@@ -96,3 +96,45 @@ def test_missing_bundle_is_one_line_error(images, tmp_path, capsys):
     assert exit_.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model bundle not found" in err[0]
+
+
+@pytest.fixture(scope="module")
+def attention_bundle(tmp_path_factory):
+    from helpers_bundle import make_bundle
+
+    return make_bundle(tmp_path_factory.mktemp("attention") / "captioner")
+
+
+def test_explain_writes_one_figure_per_image(attention_bundle, images, tmp_path, capsys):
+    from helpers_bundle import make_photo
+
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    make_photo(other / "wide.png", 3)  # same stem as images/wide.png: its figure must not overwrite that one
+    out = tmp_path / "explained"
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", str(images / "wide.png"), str(images / "tall.jpg"), str(other / "wide.png"),
+              "--model", str(attention_bundle), "--explain", str(out)])
+    assert exit_.value.code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["tall.png", "wide-2.png", "wide.png"]
+    with Image.open(out / "tall.png") as figure:
+        width, height = figure.size
+        pixels = np.asarray(figure.convert("RGB"))
+    assert width > 400 and height > 200 and pixels.std() > 10  # photo and heatmaps drawn, not a blank page
+    assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+def test_explain_into_a_file_is_a_one_line_error(bundle, images, tmp_path, capsys):
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", str(images / "wide.png"), "--model", str(bundle), "--explain", str(target)])
+    assert exit_.value.code == 1
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_bad_port_before_loading(bundle, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--model", str(bundle), "--port", "70000"])
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err.strip() == "error: --port must be 1-65535, got 70000"

@@ -87,3 +87,51 @@ def test_beam_finds_at_least_as_likely_captions_as_greedy():
     greedy, beam = dec.greedy(images), dec.beam(images, 4)
     better = sum(score(img, b) >= score(img, g) - 1e-5 for img, g, b in zip(images, greedy, beam))
     assert better >= len(images) - 1
+
+
+def sequence_log_prob(dec, image, seq):
+    """Summed log p of `seq` then <end> for one image, word by word through the step model."""
+    h, c, *context = (t.numpy() for t in dec.models.init(image[None]))
+    total, prev = 0.0, START_ID
+    for token in [*seq, END_ID]:
+        log_p, h, c = dec.step(np.array([prev]), h, c, context)
+        total += float(log_p[0, token])
+        prev = token
+    return total
+
+
+@pytest.mark.parametrize("kind", ["merge", "attention"])
+def test_beam_search_reports_every_beam_with_its_log_prob(kind):
+    model, images = make(kind, seed=2)
+    dec = CaptionDecoder(model, max_length=8, attention=True)
+    found = dec.beam_search(images, 3)
+    assert [f.ids[0] for f in found] == CaptionDecoder(model, max_length=8).beam(images, 3)
+    for image, beams in zip(images, found):
+        assert len(beams.ids) == len(beams.log_probs) == 3
+        assert len({tuple(ids) for ids in beams.ids}) == 3  # distinct captions
+        for ids, log_prob in zip(beams.ids, beams.log_probs):
+            if len(ids) < 7:  # a beam cut at max length has no <end> in its score
+                assert log_prob == pytest.approx(sequence_log_prob(dec, image, ids), abs=1e-3)
+        if kind == "merge":
+            assert beams.attention is None
+        else:  # one distribution over the 3x3 grid per word
+            for ids, maps in zip(beams.ids, beams.attention):
+                assert maps.shape == (len(ids), 9)
+                np.testing.assert_allclose(maps.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_attention_maps_follow_the_image():
+    model, images = make("attention", seed=4)
+    found = CaptionDecoder(model, max_length=8, attention=True).beam_search(images[:2], 1)
+    assert found[0].ids[0] and found[1].ids[0]
+    assert not np.allclose(found[0].attention[0][0], found[1].attention[0][0])
+    assert CaptionDecoder(model, max_length=8).beam_search(images[:1], 1)[0].attention is None
+
+
+def test_top_k_is_a_stable_argsorts_head():
+    from captioner.decode import _top_k
+
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 6, size=(50, 40)).astype(np.float32)  # many ties
+    for k in (1, 3, 40):
+        np.testing.assert_array_equal(_top_k(values, k), np.argsort(-values, axis=1, kind="stable")[:, :k])

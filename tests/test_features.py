@@ -143,3 +143,16 @@ def test_bfloat16_extraction_stays_within_cosine_0_99_of_float32(tmp_path):
     a, b = exact.reshape(4, -1), fast.reshape(4, -1)
     cosine = (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cosine.min() > 0.99 and not np.array_equal(a, b)
+
+
+def test_extraction_drops_a_decompression_bomb_like_an_undecodable_image(tmp_path, monkeypatch):
+    from PIL import Image
+
+    folder = tmp_path / "Images"
+    folder.mkdir()
+    Image.fromarray(np.full((20, 20, 3), 90, dtype=np.uint8)).save(folder / "a_small.png")
+    Image.fromarray(np.zeros((100, 100, 3), dtype=np.uint8)).save(folder / "b_bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
+    meta = run_extraction(folder, tmp_path / "features", LITE0)
+    assert meta["num_images"] == 1 and list(meta["skipped"]) == ["b_bomb.png"]
+    assert "decompression bomb" in meta["skipped"]["b_bomb.png"]

@@ -51,8 +51,8 @@ def test_train_writes_bundle_metrics_and_curves(trained):
 
 
 def test_trained_model_beats_untrained_by_far(trained):
+    from captioner.api import Captioner
     from captioner.bundle import load_bundle
-    from captioner.evaluation import caption_features
     from captioner.feature_store import load_features
     from captioner.metrics import caption_scores
     from captioner.model import DecoderSpec, build_decoder
@@ -65,7 +65,8 @@ def test_trained_model_beats_untrained_by_far(trained):
     refs = json.loads((root / "data/processed/captions.json").read_text())
     bundle.model = build_decoder(DecoderSpec("merge", len(bundle.vocab), (24,), 16, 32, 0.1))  # untrained, same shape
     rows = [names.index(n) for n in split]
-    untrained = caption_scores({n: refs[n] for n in split}, dict(zip(split, caption_features(bundle, feats[rows], 3, False))))
+    captions = [r.caption for r in Captioner(bundle).caption_features(feats[rows], 3)]
+    untrained = caption_scores({n: refs[n] for n in split}, dict(zip(split, captions)))
     assert scores["bleu4"] >= 0.5
     assert scores["bleu4"] >= 2 * untrained["bleu4"]
 
