@@ -17,12 +17,13 @@ from captioner.atomic import write_json, write_text
 from captioner.corpus import read_captions, read_splits
 from captioner.datasets.raw import SPLITS
 from captioner.errors import CaptionerError
-from captioner.feature_store import FEATURES_FILE, load_features
+from captioner.feature_store import FEATURES_FILE, FeatureReader
 
 if TYPE_CHECKING:
     from captioner.api import Caption
 
 ATTENTION_SAMPLES = 3
+_READ_CHUNK = 1000  # images whose feature rows are read and captioned at a time
 ATTENTION_WORDS = 7
 
 
@@ -122,20 +123,24 @@ def run_evaluate(
     names = split_images(raw_dir / "splits.json", split)
     references = read_captions(Path(processed_dir) / "captions.json")
     bundle = load_bundle(model_dir)
-    feature_names, features, _ = load_features(Path(features_dir) / FEATURES_FILE)
-    if tuple(features.shape[1:]) != bundle.feature_shape:
+    if not (Path(features_dir) / FEATURES_FILE).is_file():
+        raise CaptionerError(f"{Path(features_dir) / FEATURES_FILE}: feature file not found (run `dvc repro extract_features`)")
+    features = FeatureReader(Path(features_dir) / FEATURES_FILE)
+    if tuple(features.feature_shape) != bundle.feature_shape:
         raise CaptionerError(
-            f"{Path(features_dir) / FEATURES_FILE}: features of shape {tuple(features.shape[1:])} but the model "
+            f"{Path(features_dir) / FEATURES_FILE}: features of shape {tuple(features.feature_shape)} but the model "
             f"bundle was trained on {bundle.feature_shape} (re-run `dvc repro train`)"
         )
-    row_of = {n: i for i, n in enumerate(feature_names)}
+    row_of = {n: i for i, n in enumerate(features.names)}
     kept = [n for n in names if n in row_of and references.get(n)]
     if len(kept) < len(names):
         print(f"warning: {len(names) - len(kept)} {split} images lack features or captions; left out", file=sys.stderr)
     if not kept:
         raise CaptionerError(f"split '{split}': none of its images has both features and captions")
     start = time.monotonic()
-    results = Captioner(bundle).caption_features(features[[row_of[n] for n in kept]], beam_size, progress)
+    captioner, rows, results = Captioner(bundle), [row_of[n] for n in kept], []
+    for first in range(0, len(rows), _READ_CHUNK):  # feature rows read per chunk, never the whole split at once
+        results += captioner.caption_features(features[rows[first : first + _READ_CHUNK]], beam_size, progress)
     seconds = time.monotonic() - start
     by_name = {n: r.caption for n, r in zip(kept, results)}
     scores = caption_scores({n: references[n] for n in kept}, by_name)

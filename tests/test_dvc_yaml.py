@@ -23,12 +23,22 @@ def module_file(module: str) -> Path | None:
     return None
 
 
+def _runs_on_import(statement: ast.stmt) -> bool:
+    """False for the top-level code no stage runs: `if TYPE_CHECKING:` blocks and a PEP 562 module `__getattr__`
+    (captioner/__init__.py's lazy `Captioner`, imported only when a caller asks for that name)."""
+    if isinstance(statement, ast.FunctionDef) and statement.name == "__getattr__":
+        return False
+    return not (isinstance(statement, ast.If) and isinstance(statement.test, ast.Name)
+                and statement.test.id == "TYPE_CHECKING")
+
+
 def imported_modules(path: Path) -> set[str]:
     """Every captioner module that `path` imports anywhere (lazy imports in functions too), with its packages."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
     found: set[str] = set()
-    for node in ast.walk(tree):
+    nodes = [node for statement in tree.body if _runs_on_import(statement) for node in ast.walk(statement)]
+    for node in nodes:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
