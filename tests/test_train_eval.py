@@ -145,3 +145,14 @@ def test_training_is_deterministic_and_respects_the_time_budget(tmp_path):
     assert stopped["stopped_by"] == "time_cap" and stopped["time_cap_hit"] and stopped["epochs_run"] == 1
     assert (tmp_path / "models/captioner/decoder.keras").is_file()
     assert np.isfinite(stopped["best_val_loss"])
+
+
+def test_float32_attention_on_image_grouped_batches_with_self_critical_is_byte_identical(tmp_path):
+    make_dataset(tmp_path, grid=True)
+    params = small_params("attention", epochs=2, captions_per_image=5, batch_size=20, scst_epochs=1)
+    first = train(tmp_path, params)
+    bundle = {p.name: p.read_bytes() for p in (tmp_path / "models/captioner").iterdir()}
+    second = train(tmp_path, params)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "models/captioner").iterdir()} == bundle
+    for key in ("train_loss", "best_val_loss", "scst_val_cider", "scst_train_reward"):
+        assert first[key] == second[key]
