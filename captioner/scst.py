@@ -113,6 +113,7 @@ def self_critical(
 ) -> dict[str, Any]:
     """Fine-tune `model` in place for `params['scst_epochs']` epochs, or until the stage's time `cap` passes.
 
+    Sampling, greedy val scoring and the policy step run in the model's own precision (bfloat16 too).
     Stops after the first epoch that does not raise greedy val CIDEr-D, keeps the weights with the best
     (the cross-entropy weights if no epoch beats them) and returns a summary for metrics/train.json.
     """

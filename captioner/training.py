@@ -293,7 +293,7 @@ def fit_decoder(
 
     The model computes in `params['precision']` (resolved: bfloat16 only where the hardware has it) on
     `params['devices']` devices (data-parallel through tf.distribute.MirroredStrategy above one). The model
-    returned is a float32 single-device copy, so bundles and decoding depend on neither.
+    returned is on one device, still in the training precision (self-critical training goes on in it).
     """
     import contextlib
 
@@ -344,11 +344,16 @@ def fit_decoder(
         "captions_per_second": round(captions_per_epoch * epochs_run / wall, 1) if wall > 0 else None,
         "parameters": int(model.count_params()),
     }
-    if precision != "float32" or strategy:
-        exact = build_decoder(spec)
-        exact.set_weights(model.get_weights())
-        model = exact
-    return model, summary
+    return (copy_decoder(model, spec, keras_policy(precision)) if strategy else model), summary
+
+
+def copy_decoder(model, spec, dtype: str = "float32"):
+    """The same weights in a decoder built outside any distribution strategy, computing in `dtype`."""
+    from captioner.model import build_decoder
+
+    copy = build_decoder(spec, dtype)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def run_train(
@@ -374,6 +379,7 @@ def run_train(
         captions = read_captions(Path(processed_dir) / "captions.json")
         references = [captions.get(name, []) for name in data.image_names]
     model, summary = fit_decoder(data, train_params, params["seed"], live_dir=live_dir, verbose=verbose, cap=cap)
+    spec = decoder_spec(train_params, len(data.vocab), data.feature_shape)
     if self_critical_on and not cap.passed():
         from captioner.scst import image_set, self_critical
 
@@ -389,6 +395,8 @@ def run_train(
                 cap=cap,
             )
         )
+    if summary["precision"] != "float32":  # the bundle is float32 whatever the training precision
+        model = copy_decoder(model, spec)
     summary["time_cap_hit"] = cap.hit
     summary["total_seconds"] = round(time.monotonic() - start, 1)
     meta = data.feature_meta

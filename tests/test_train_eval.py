@@ -156,3 +156,16 @@ def test_float32_attention_on_image_grouped_batches_with_self_critical_is_byte_i
     assert {p.name: p.read_bytes() for p in (tmp_path / "models/captioner").iterdir()} == bundle
     for key in ("train_loss", "best_val_loss", "scst_val_cider", "scst_train_reward"):
         assert first[key] == second[key]
+
+
+def test_bfloat16_training_with_self_critical_saves_a_float32_bundle(tmp_path):
+    from captioner.bundle import load_bundle
+
+    make_dataset(tmp_path, grid=True)
+    summary = train(tmp_path, small_params("attention", epochs=2, captions_per_image=5, batch_size=20,
+                                           precision="bfloat16", scst_epochs=1))
+    assert summary["precision"] == "bfloat16" and summary["scst_epochs_run"] == 1
+    assert summary["train_loss"][-1] < summary["train_loss"][0]
+    model = load_bundle(tmp_path / "models/captioner").model
+    assert all(w.dtype == "float32" for w in model.weights)
+    assert {layer.dtype_policy.name for layer in model.layers if layer.weights} == {"float32"}
