@@ -66,6 +66,12 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _refuse_if_disk_full(target: Path, exc: OSError) -> None:
+    """A full disk (or quota, or file-size limit) while writing `target` becomes one CaptionerError line."""
+    if _disk_full(exc):
+        raise CaptionerError(f"{target}: cannot write: {_reason(exc)} (free some space and re-run)") from exc
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary file path beside `target`; rename it onto `target` only if the block succeeds."""
@@ -77,8 +83,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, target)
     except OSError as exc:
-        if _disk_full(exc):
-            raise CaptionerError(f"{target}: cannot write: {_reason(exc)} (free some space and re-run)") from exc
+        _refuse_if_disk_full(target, exc)
         raise
     finally:
         _remove(tmp)
@@ -101,8 +106,7 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
         else:
             os.replace(tmp, target)
     except OSError as exc:
-        if _disk_full(exc):
-            raise CaptionerError(f"{target}: cannot write: {_reason(exc)} (free some space and re-run)") from exc
+        _refuse_if_disk_full(target, exc)
         raise
     finally:
         _remove(tmp)
