@@ -2,8 +2,6 @@
 
 import csv
 import json
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
