@@ -15,7 +15,7 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from captioner.errors import CaptionerError
 
@@ -73,15 +73,14 @@ def _refuse_if_disk_full(target: Path, exc: OSError) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary file path beside `target`; rename it onto `target` only if the block succeeds."""
+def _beside(target: str | os.PathLike[str], create: Callable[[Path], None]) -> Iterator[tuple[Path, Path]]:
+    """Yield (target, a new temporary beside it made by `create`); a full disk becomes one line; the temporary goes."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(target)
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # mode 0o666 minus the umask
+    create(tmp)
     try:
-        yield tmp
-        os.replace(tmp, target)
+        yield target, tmp
     except OSError as exc:
         _refuse_if_disk_full(target, exc)
         raise
@@ -90,26 +89,26 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary file path beside `target`; rename it onto `target` only if the block succeeds."""
+    # mode 0o666 minus the umask
+    with _beside(target, lambda p: os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))) as (final, tmp):
+        yield tmp
+        os.replace(tmp, final)
+
+
+@contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield an empty temporary folder beside `target`; swap it in for `target` only if the block succeeds."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(target)
-    os.mkdir(tmp, 0o777)  # mode 0o777 minus the umask
-    try:
+    with _beside(target, lambda p: os.mkdir(p, 0o777)) as (final, tmp):  # mode 0o777 minus the umask
         yield tmp
-        if target.exists():
-            old = temp_sibling(target, "old")
-            os.replace(target, old)
-            os.replace(tmp, target)
+        if final.exists():
+            old = temp_sibling(final, "old")
+            os.replace(final, old)
+            os.replace(tmp, final)
             _remove(old)
         else:
-            os.replace(tmp, target)
-    except OSError as exc:
-        _refuse_if_disk_full(target, exc)
-        raise
-    finally:
-        _remove(tmp)
+            os.replace(tmp, final)
 
 
 @contextlib.contextmanager

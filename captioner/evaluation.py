@@ -123,8 +123,6 @@ def run_evaluate(
     names = split_images(raw_dir / "splits.json", split)
     references = read_captions(Path(processed_dir) / "captions.json")
     bundle = load_bundle(model_dir)
-    if not (Path(features_dir) / FEATURES_FILE).is_file():
-        raise CaptionerError(f"{Path(features_dir) / FEATURES_FILE}: feature file not found (run `dvc repro extract_features`)")
     features = FeatureReader(Path(features_dir) / FEATURES_FILE)
     if tuple(features.feature_shape) != bundle.feature_shape:
         raise CaptionerError(

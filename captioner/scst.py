@@ -121,7 +121,7 @@ def self_critical(
 
     k, batch_images = int(params["scst_samples"]), int(params["scst_batch_images"])
     rng = np.random.default_rng(seed)
-    decoder = CaptionDecoder(model, vocab.max_length)
+    decoder = CaptionDecoder(model, vocab.max_length, compiled=False)  # sample/greedy use their own graph
     reward = CiderD(train.references)
     step = policy_step(model, params["scst_learning_rate"], len(vocab))
     start = time.monotonic()

@@ -50,8 +50,6 @@ def load_train_data(features_dir: str | os.PathLike[str], processed_dir: str | o
     from captioner.model import prepare_features
 
     features_dir, processed_dir = Path(features_dir), Path(processed_dir)
-    if not (features_dir / FEATURES_FILE).is_file():
-        raise CaptionerError(f"{features_dir / FEATURES_FILE}: feature file not found (run `dvc repro extract_features`)")
     reader = FeatureReader(features_dir / FEATURES_FILE)
     names, attrs = reader.names, reader.attrs
     meta = {**attrs, **read_json(features_dir / "meta.json", "feature metadata", "extract_features")}
