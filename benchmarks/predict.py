@@ -1,5 +1,7 @@
 """Prediction speed: one photo from command start, warm latency through the server, images/s, decoding.
 
+Both runtimes, in the same run: LiteRT (the bundle's captioner.tflite, no TensorFlow; what `captioner
+predict` and `serve` use when the file is there) and Keras on TensorFlow (`--runtime keras`).
 Uses the bundle at --model (default models/captioner); without one, a stand-in bundle (efficientnet_lite0
 ImageNet encoder, untrained attention decoder of the default size, 2900-word vocabulary) has the same cost.
 `--baseline DIR` also times `captioner predict` from another checkout (e.g. `git worktree add /tmp/base main`)
@@ -38,6 +40,7 @@ def stand_in_bundle(directory: Path) -> Path:
     model's beams end after about 12, and each word is one decoding step.
     """
     from captioner.bundle import make_config, save_bundle
+    from captioner.encoders import build_encoder
     from captioner.model import DecoderSpec, build_decoder
     from captioner.params import DEFAULTS
     from captioner.text import RESERVED, Vocabulary
@@ -45,7 +48,8 @@ def stand_in_bundle(directory: Path) -> Path:
     p = DEFAULTS["train"]
     grid = (7, 7, 1280)
     vocab = Vocabulary(tokens=(*RESERVED, *(f"w{i}" for i in range(2896))), max_length=15)
-    model = build_decoder(DecoderSpec("attention", len(vocab), grid, p["embedding_dim"], p["units"], p["dropout"]))
+    model = build_decoder(DecoderSpec("attention", len(vocab), grid, p["embedding_dim"], p["units"], p["dropout"],
+                                      p["attention_heads"], p["output_units"]))
     config = make_config(
         {"name": "efficientnet_lite0", "weights": "imagenet", "input_size": 224, "output": "grid"},
         grid,
@@ -53,7 +57,7 @@ def stand_in_bundle(directory: Path) -> Path:
          "vocab_size": len(vocab)},
         {"beam_size": 3, "max_length": 15, "length_alpha": 1.0},
     )
-    save_bundle(directory, model, vocab, config)
+    save_bundle(directory, model, vocab, config, build_encoder("efficientnet_lite0", "imagenet", "grid"))
     return directory
 
 
@@ -95,9 +99,10 @@ def timed_runs(cmds: list[tuple[list[str], Path]], repeats: int) -> list[tuple[f
     return [(statistics.median(w), statistics.median(c)) for w, c in zip(walls, cpus)]
 
 
-def predict_cmd(model: Path, *images: Path) -> list[str]:
-    """`captioner predict IMAGES --model MODEL` as a fresh Python process."""
-    return [sys.executable, "-m", "captioner.cli", "predict", *map(str, images), "--model", str(model)]
+def predict_cmd(model: Path, *images: Path, runtime: str = "auto") -> list[str]:
+    """`captioner predict IMAGES --model MODEL --runtime RUNTIME` as a fresh Python process."""
+    return [sys.executable, "-m", "captioner.cli", "predict", *map(str, images), "--model", str(model),
+            "--runtime", runtime]
 
 
 def server_latency(model: Path, photo: Path, repeats: int) -> tuple[float, int]:
@@ -174,57 +179,67 @@ def main() -> None:
     folder_paths = sorted(Path(args.folder).resolve().iterdir())[: args.images] if args.folder else default_photos(tmp, args.images)
     photo = Path(args.photo).resolve() if args.photo else (sorted((SHARED / "photos").glob("*.jpg")) or folder_paths)[0]
 
+    from captioner.api import Captioner
+    from captioner.litert import LITERT_FILE
+
+    if not (model / LITERT_FILE).is_file():
+        sys.exit(f"{model}: no {LITERT_FILE} (a bundle from before LiteRT export): retrain, or time a stand-in bundle")
     load = os.getloadavg()[0]
     floor_cmd = [sys.executable, "-c", "import os, tensorflow; os._exit(0)"]  # no teardown, like the CLI
-    cmds = [(predict_cmd(model, photo), ROOT), (floor_cmd, ROOT)]
+    cmds = [(predict_cmd(model, photo, runtime="litert"), ROOT), (predict_cmd(model, photo, runtime="keras"), ROOT),
+            (floor_cmd, ROOT)]
     if args.baseline:
-        cmds.append((predict_cmd(model, photo), Path(args.baseline)))
-    (cold, cold_cpu), (floor, floor_cpu), *rest = timed_runs(cmds, args.repeats)
+        cmds.append((predict_cmd(model, photo, runtime="keras"), Path(args.baseline)))
+    (cold, cold_cpu), (cold_keras, cold_keras_cpu), (floor, floor_cpu), *rest = timed_runs(cmds, args.repeats)
     base = rest[0] if rest else None
     warm_http, answered = server_latency(model, photo, max(args.repeats, 20))
 
-    from captioner.api import Captioner
-
-    captioner = Captioner.load(model)
-    warm_api = api_latency(captioner, photo, max(args.repeats, 20))
-    bundle = captioner.bundle
-    beam = captioner.default_beam_size
-    captioner.caption_files(folder_paths[:2], beam)  # warm-up traces
-    folder_rates = []
-    for _ in range(min(args.repeats, 3)):
-        start = time.perf_counter()
-        captioner.caption_files(folder_paths, beam)
-        folder_rates.append(len(folder_paths) / (time.perf_counter() - start))
+    runtimes = {name: Captioner.load(model, runtime=name) for name in ("litert", "keras")}
+    warm_api = {name: api_latency(c, photo, max(args.repeats, 20)) for name, c in runtimes.items()}
+    beam = runtimes["litert"].default_beam_size
+    folder_rates: dict[str, list[float]] = {name: [] for name in runtimes}
+    for name, captioner in runtimes.items():
+        captioner.caption_files(folder_paths[:2], beam)  # warm-up traces
+        for _ in range(min(args.repeats, 3)):
+            start = time.perf_counter()
+            captioner.caption_files(folder_paths, beam)
+            folder_rates[name].append(len(folder_paths) / (time.perf_counter() - start))
     [(cli_s, _)] = timed_runs([(predict_cmd(model, *folder_paths), ROOT)], 1)
 
-    from captioner.decode import CaptionDecoder
-
-    decoder = CaptionDecoder(bundle.model, bundle.vocab.max_length)
+    bundle = runtimes["keras"].bundle
     rng = np.random.default_rng(0)
-    feats = rng.random((args.decode_images, *bundle.model.inputs[0].shape[1:]), dtype=np.float32)
-    decoder.beam(feats[:8], beam)
-    decode_times = []
-    for _ in range(min(args.repeats, 3)):
-        start = time.perf_counter()
-        decoder.beam(feats, beam)
-        decode_times.append(time.perf_counter() - start)
+    feats = rng.random((args.decode_images, *bundle.feature_shape), dtype=np.float32).astype(np.float16)
+    decode_s = {}
+    for name, captioner in runtimes.items():
+        captioner.caption_features(feats[:8], beam)
+        times = []
+        for _ in range(min(args.repeats, 3)):
+            start = time.perf_counter()
+            captioner.caption_features(feats, beam)
+            times.append(time.perf_counter() - start)
+        decode_s[name] = statistics.median(times)
 
     enc = bundle.config["encoder"]
     print(f"bundle {model} ({bundle.decoder_kind}, vocab {len(bundle.vocab)}, encoder {enc['name']} {enc['output']}); "
           f"beam {beam}; photo {photo.name}; medians; load average {load:.1f} on {os.cpu_count()} CPUs at start")
     rows = [
-        ("`captioner predict one.jpg`, command start to exit (s)", cold, COLD_TARGET_S),
+        ("`captioner predict one.jpg` (LiteRT), command start to exit (s)", cold, COLD_TARGET_S),
         ("  the same, CPU time user+system (s)", cold_cpu, None),
-        ("  floor: `import tensorflow` alone, no teardown (s)", floor, None),
-        ("  floor, CPU time (s)", floor_cpu, None),
-        *([("  baseline checkout, command start to exit (s)", base[0], None),
-           ("  baseline checkout, CPU time (s)", base[1], None)] if base else []),
+        ("  `--runtime keras` (TensorFlow), command start to exit (s)", cold_keras, None),
+        ("  `--runtime keras`, CPU time (s)", cold_keras_cpu, None),
+        ("  floor of the keras runtime: `import tensorflow` alone (s)", floor, None),
+        ("  that floor, CPU time (s)", floor_cpu, None),
+        *([("  baseline checkout (keras), command start to exit (s)", base[0], None),
+           ("  baseline checkout (keras), CPU time (s)", base[1], None)] if base else []),
         ("warm latency, `captioner serve`: POST /api/caption, one photo, beam 3 (s)", warm_http, WARM_TARGET_S),
-        ("  the same in process: Captioner.caption (s)", warm_api, WARM_TARGET_S),
+        ("  in process: Captioner.caption, LiteRT (s)", warm_api["litert"], WARM_TARGET_S),
+        ("  in process: Captioner.caption, Keras (s)", warm_api["keras"], WARM_TARGET_S),
         ("  8 concurrent requests: answered with 200", answered, None),
-        (f"folder of {len(folder_paths)} images, in process (images/s)", statistics.median(folder_rates), None),
+        (f"folder of {len(folder_paths)} images, in process, LiteRT (images/s)", statistics.median(folder_rates["litert"]), None),
+        (f"folder of {len(folder_paths)} images, in process, Keras (images/s)", statistics.median(folder_rates["keras"]), None),
         (f"folder of {len(folder_paths)} images, `captioner predict` (images/s)", len(folder_paths) / cli_s, None),
-        (f"decode {args.decode_images} images' features, beam {beam} (s)", statistics.median(decode_times), 60.0),
+        (f"decode {args.decode_images} images' features, beam {beam}, LiteRT (s)", decode_s["litert"], 60.0),
+        (f"decode {args.decode_images} images' features, beam {beam}, Keras (s)", decode_s["keras"], 60.0),
     ]
     print(f"{'measure':<72}{'median':>10}{'target':>10}{'ratio':>8}")
     for label, value, target in rows:
@@ -232,6 +247,7 @@ def main() -> None:
         print(f"{label:<72}{value:>10.3f}{(f'{target:g}' if target else ''):>10}{ratio:>8}")
     if base:
         print(f"cold start vs baseline checkout: {cold / base[0]:.2f}x wall, {cold_cpu / base[1]:.2f}x CPU")
+    print(f"cold start, LiteRT vs Keras runtime: {cold_keras / cold:.1f}x faster")
 
 
 if __name__ == "__main__":

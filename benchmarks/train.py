@@ -4,7 +4,8 @@ Rows, each measured in a fresh subprocess (peak RSS is per process), all in the 
 - reference: the attention decoder of a previous commit (default e5cb678: additive attention, one image
   row per caption, batches of 64 length-bucketed captions), run from a `git archive` of that commit;
 - today's decoder with each lever added in turn: multi-head dot-product attention, the image side once
-  per image (k captions per image in a batch), bfloat16 mixed precision, a larger batch. (XLA is not a
+  per image (k captions per image in a batch), bfloat16 mixed precision, a batch of 320 captions, and a
+  256-wide layer before the logits (`train.output_units`) instead of 512. (XLA is not a
   row: on this CPU it made a step about 8x slower, even with one fixed batch shape.)
 Data: synthetic float16 grid features (7x7x1280) and captions with Flickr8k's length profile (6000
 images, 5 captions each, vocabulary 2532), or the pipeline's real outputs with --data ROOT.
@@ -30,13 +31,14 @@ import numpy as np
 N_IMAGES, PER_IMAGE, VOCAB, GRID, MAX_LENGTH = 6000, 5, 2532, (7, 7, 1280), 24
 ROOT = Path(__file__).resolve().parents[1]
 
-# label -> (captions per image in a batch, captions per batch, precision); None = the reference commit
-VARIANTS: dict[str, tuple[int, int, str] | None] = {
+# label -> (captions per image in a batch, captions per batch, precision, output units); None = the reference commit
+VARIANTS: dict[str, tuple[int, int, str, int] | None] = {
     "reference (previous commit)": None,
-    "dot-product attention, 64": (1, 64, "float32"),
-    "+ image once per 5 captions, 160": (5, 160, "float32"),
-    "+ bfloat16 (default here)": (5, 160, "bfloat16"),
-    "+ bfloat16, 320": (5, 320, "bfloat16"),
+    "dot-product attention, 64": (1, 64, "float32", 512),
+    "+ image once per 5 captions, 160": (5, 160, "float32", 512),
+    "+ bfloat16": (5, 160, "bfloat16", 512),
+    "+ 320 per batch": (5, 320, "bfloat16", 512),
+    "+ output layer 256 (default)": (5, 320, "bfloat16", 256),
 }
 
 
@@ -70,7 +72,7 @@ def load(data_root: str | None):
     return load_train_data(root / "data/features", root / "data/processed", "attention")
 
 
-def measure(data, variant: tuple[int, int, str] | None, batches: int) -> dict:
+def measure(data, variant: tuple[int, int, str, int] | None, batches: int) -> dict:
     """Time `batches` training steps of the attention decoder with the library on sys.path (after warm-up)."""
     import keras
 
@@ -89,9 +91,9 @@ def measure(data, variant: tuple[int, int, str] | None, batches: int) -> dict:
     else:
         from captioner.precision import keras_policy
 
-        per_image, batch_size, precision = variant
+        per_image, batch_size, precision, output_units = variant
         spec = m.DecoderSpec("attention", len(data.vocab), shape, p["embedding_dim"], p["units"], p["dropout"],
-                             p["attention_heads"])
+                             p["attention_heads"], output_units)
         model = m.build_decoder(spec, keras_policy(precision))
         model.compile(keras.optimizers.Adam(1e-3), loss=m.caption_loss(), jit_compile=False)
         ds = make_dataset(data.features, data.train, batch_size, seed=0, captions_per_image=per_image)

@@ -4,6 +4,10 @@ One code path for `captioner predict`, `captioner serve` and the evaluate stage:
 images, arrays or encoded bytes) go through the bundle's encoder, the features through beam search, and
 every image gets a `Caption`: the caption, its log-probability, the other beams with theirs and, for
 the attention decoder, one attention map over the feature grid per word.
+
+Two runtimes run the same trained weights: Keras on TensorFlow (training, evaluation, bundles without a
+LiteRT file) and LiteRT (`captioner.tflite` in the bundle), which `load` prefers because it starts
+without importing TensorFlow. Photos are decoded by `photos.py` for both, so the encoder sees the same pixels.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from captioner.bundle import Bundle, load_bundle
+from captioner.bundle import Bundle, load_bundle, read_config, read_vocab
 from captioner.errors import CaptionerError
+from captioner.litert import LITERT_FILE, LiteRuntime, litert_available
 
 ImageInput = Any  # str | os.PathLike | PIL.Image.Image | np.ndarray | bytes
+RUNTIMES = ("auto", "keras", "litert")
 
 
 @dataclass
@@ -54,26 +60,56 @@ class Caption:
 
 
 class Captioner:
-    """A loaded model bundle that captions images; the encoder is built on first use of images."""
+    """A loaded model bundle that captions images; the encoder is built on first use of images.
 
-    def __init__(self, bundle: Bundle, source: str = "", compiled: bool = True):
-        from captioner.decode import CaptionDecoder
+    With a LiteRuntime (`lite`), encoder and decoder run on it and `bundle.model` may be None; otherwise
+    on Keras.
+    """
 
+    def __init__(self, bundle: Bundle, source: str = "", compiled: bool = True, lite: LiteRuntime | None = None):
         self.bundle = bundle
         self.source = source
         self.compiled = compiled
-        self._decoder = CaptionDecoder(bundle.model, bundle.vocab.max_length, attention=True, compiled=compiled)
+        self.lite = lite
+        if lite is not None:
+            from captioner.litert import LiteDecoder
+
+            if lite.vocab_size != len(bundle.vocab):
+                raise CaptionerError(f"{source}: {LITERT_FILE} predicts {lite.vocab_size} tokens but the vocabulary "
+                                     f"has {len(bundle.vocab)} (files from different runs?)")
+            self._decoder = LiteDecoder(lite, bundle.vocab.max_length, attention=bundle.decoder_kind == "attention")
+        else:
+            from captioner.decode import CaptionDecoder
+
+            self._decoder = CaptionDecoder(bundle.model, bundle.vocab.max_length, attention=True, compiled=compiled)
         self._encoder = None
         self._encode_fn = None
 
     @classmethod
-    def load(cls, model_dir: str | os.PathLike[str] = "models/captioner", compiled: bool = True) -> Captioner:
-        """Load and check a bundle folder (decoder.keras, vocab.json, config.json).
+    def load(cls, model_dir: str | os.PathLike[str] = "models/captioner", compiled: bool = True,
+             runtime: str = "auto") -> Captioner:
+        """Load and check a bundle folder (decoder.keras, vocab.json, config.json, optionally captioner.tflite).
 
-        `compiled=False` skips graph tracing (about a second at start-up) at a higher cost per image:
-        for a process that captions a handful of images and exits.
+        `runtime`: "litert" runs the bundle's captioner.tflite without TensorFlow (a start well under a
+        second), "keras" the Keras decoder on TensorFlow, "auto" LiteRT when the bundle has the file and
+        `ai-edge-litert` is installed. `compiled=False` (Keras) skips graph tracing (about a second at
+        start-up) at a higher cost per image: for a process that captions a handful of images and exits.
         """
-        return cls(load_bundle(model_dir), source=str(model_dir), compiled=compiled)
+        if runtime not in RUNTIMES:
+            raise CaptionerError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        lite_file = Path(model_dir) / LITERT_FILE
+        if runtime == "auto":
+            runtime = "litert" if lite_file.is_file() and litert_available() else "keras"
+        if runtime == "keras":
+            return cls(load_bundle(model_dir), source=str(model_dir), compiled=compiled)
+        config = read_config(model_dir)
+        vocab = read_vocab(model_dir, config)
+        if not lite_file.is_file():
+            raise CaptionerError(f"{model_dir}: bundle lacks {LITERT_FILE} (train with train.litert: true, "
+                                 "or use the keras runtime)")
+        if not litert_available():
+            raise CaptionerError("the litert runtime needs the ai-edge-litert package (pip install ai-edge-litert)")
+        return cls(Bundle(model=None, vocab=vocab, config=config), str(model_dir), compiled, LiteRuntime(lite_file))
 
     @property
     def config(self) -> dict[str, Any]:
@@ -105,6 +141,7 @@ class Captioner:
             "decoder": self.bundle.decoder_kind,
             "vocab_size": len(self.bundle.vocab),
             "beam_size": self.default_beam_size,
+            "runtime": "litert" if self.lite is not None else "keras",
             "attention": self.grid_shape is not None,
         }
 
@@ -124,13 +161,13 @@ class Captioner:
         self, paths: Sequence[Path], beam_size: int | None = None, batch_size: int = 32
     ) -> tuple[dict[int, Caption], dict[int, str]]:
         """Caption image files in batches: ({index into paths: Caption}, {index: why it could not be read})."""
-        from captioner.images import describe_failure, image_batches
-
         beam = self._beam(beam_size)
         if batch_size < 1:
             raise CaptionerError(f"batch size must be at least 1, got {batch_size}")
-        if not self.compiled:  # a few images: decoding each one directly beats setting up a tf.data pipeline
-            return self._caption_each(paths, beam)
+        if self.lite is not None or not self.compiled:  # no tf.data pipeline (LiteRT; or a few images)
+            return self._caption_each(paths, beam, batch_size)
+        from captioner.images import describe_failure, image_batches
+
         done: list[int] = []
         features = []
         for indices, images in image_batches(list(paths), self.input_size, batch_size):
@@ -141,34 +178,37 @@ class Captioner:
         failed = {i: describe_failure(Path(p)) for i, p in enumerate(paths) if i not in ok}
         return dict(zip(done, results)), failed
 
-    def _caption_each(self, paths: Sequence[Path], beam: int) -> tuple[dict[int, Caption], dict[int, str]]:
-        """`caption_files` for a few images: decoded one by one, encoded and captioned in one batch."""
-        import tensorflow as tf
+    def _caption_each(
+        self, paths: Sequence[Path], beam: int, batch_size: int
+    ) -> tuple[dict[int, Caption], dict[int, str]]:
+        """`caption_files` without tf.data: photos decoded one by one (Pillow), encoded in batches, then captioned."""
+        from captioner.photos import photo_input
 
-        from captioner.images import decode_bytes
-
-        done, images, failed = [], [], {}
+        done, features, batch, failed = [], [], [], {}
         for i, path in enumerate(paths):
             try:
-                images.append(decode_bytes(self._read(Path(path)), self.input_size))
+                batch.append(photo_input(self._read(Path(path)), self.input_size))
                 done.append(i)
             except CaptionerError as exc:
                 failed[i] = str(exc)
-        results = self.caption_features(self._encode(tf.stack(images)), beam) if images else []
+            if len(batch) == batch_size or (batch and i == len(paths) - 1):
+                features.append(self._encode(np.stack(batch)))
+                batch = []
+        results = self.caption_features(np.concatenate(features), beam) if done else []
         return dict(zip(done, results)), failed
 
     def caption_features(self, features: np.ndarray, beam_size: int | None = None, progress: bool = False) -> list[Caption]:
         """Caption rows of extracted encoder features (grids are pooled for decoders that take vectors)."""
         from tqdm import tqdm
 
-        from captioner.model import prepare_features
+        from captioner.feature_store import pool_grid
 
         beam = self._beam(beam_size)
         if tuple(features.shape[1:]) != self.bundle.feature_shape:
             raise CaptionerError(
                 f"features of shape {tuple(features.shape[1:])} but the decoder was trained on {self.bundle.feature_shape}"
             )
-        feats = prepare_features(features, self.bundle.decoder_kind, "features")
+        feats = features if self.bundle.decoder_kind == "attention" else pool_grid(features)
         alpha = float(self.config["decoding"].get("length_alpha", 1.0))
         with tqdm(total=len(feats), desc="captioning", unit="img", disable=not progress, file=sys.stderr) as bar:
             found = self._decoder.beam_search(feats, beam, alpha, progress=bar.update)
@@ -176,9 +216,7 @@ class Captioner:
 
     def encode(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Encoder features (n, *feature_shape) of in-memory or on-disk images, as extraction stores them."""
-        import tensorflow as tf
-
-        from captioner.images import decode_bytes, resize, to_rgb_array
+        from captioner.photos import photo_input, resize_photo, to_rgb_array
 
         batch = []
         for i, image in enumerate(images):
@@ -187,14 +225,14 @@ class Captioner:
                 if isinstance(image, (str, os.PathLike)):
                     image = self._read(Path(image))
                 if isinstance(image, bytes):
-                    batch.append(decode_bytes(image, self.input_size))
+                    batch.append(photo_input(image, self.input_size))
                 else:
-                    batch.append(resize(tf.convert_to_tensor(to_rgb_array(image)), self.input_size))
+                    batch.append(resize_photo(to_rgb_array(image), self.input_size))
             except CaptionerError as exc:
                 raise CaptionerError(f"{name}: {exc}") from exc
         if not batch:
             return np.zeros((0, *self.bundle.feature_shape), dtype=self._feature_dtype)
-        return self._encode(tf.stack(batch))
+        return self._encode(np.stack(batch))
 
     @property
     def encoder(self):
@@ -214,6 +252,8 @@ class Captioner:
 
     def _encode(self, images) -> np.ndarray:
         """Run the encoder on a float32 batch (one traced graph for any batch size if compiled); stored dtype."""
+        if self.lite is not None:
+            return self.lite.encode(np.asarray(images)).astype(self._feature_dtype)
         if self._encode_fn is None:
             import tensorflow as tf
 
@@ -227,7 +267,7 @@ class Captioner:
     @property
     def _feature_dtype(self) -> np.dtype:
         """Features pass through the dtype extraction stores (float16 grids), so predict matches evaluate."""
-        from captioner.features import feature_dtype
+        from captioner.feature_store import feature_dtype
 
         return feature_dtype(self.config["encoder"]["output"])
 

@@ -1,4 +1,5 @@
-"""The model bundle `models/captioner/`: decoder.keras + vocab.json + config.json, all `predict` needs.
+"""The model bundle `models/captioner/`: decoder.keras + vocab.json + config.json, all `predict` needs,
+and optionally captioner.tflite, the same encoder and decoder for the LiteRT runtime (see `litert.py`).
 
 Saving writes the decoder without its optimizer state and with fixed zip timestamps and save date, so two
 identical trainings give byte-identical bundles. Loading checks every value of config.json and vocab.json
@@ -118,12 +119,18 @@ def save_decoder(model, path: Path) -> None:
     _normalise_keras_zip(path)
 
 
-def save_bundle(directory: str | os.PathLike[str], model, vocab: Vocabulary, config: dict[str, Any]) -> None:
-    """Write the three bundle files into `directory`, replacing it atomically."""
+def save_bundle(directory: str | os.PathLike[str], model, vocab: Vocabulary, config: dict[str, Any],
+                encoder=None) -> None:
+    """Write the bundle files into `directory`, replacing it atomically; with an encoder (Keras model: images ->
+    features) also `captioner.tflite`, the LiteRT runtime's encoder and decoder."""
     with atomic_dir(directory) as tmp:
         save_decoder(model, tmp / MODEL_FILE)
         write_json(tmp / VOCAB_FILE, vocab.to_json())
         write_json(tmp / CONFIG_FILE, config)
+        if encoder is not None:
+            from captioner.litert import LITERT_FILE, litert_bytes
+
+            (tmp / LITERT_FILE).write_bytes(litert_bytes(encoder, model))
 
 
 def _read_object(path: Path) -> dict[str, Any]:

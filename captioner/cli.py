@@ -7,13 +7,13 @@ instant; then everything goes through the Python API (`captioner.api.Captioner`)
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Sequence
 
+from captioner.api import RUNTIMES
 from captioner.errors import CaptionerError
 
 if TYPE_CHECKING:
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 EAGER_MAX_IMAGES = 4  # up to this many images, running the models eagerly beats tracing their graphs
 UNUSED_MODULES = ("IPython", "matplotlib.pyplot")  # Keras imports them at start-up if installed; we use neither
+RUNTIME_HELP = ("litert: the bundle's captioner.tflite, no TensorFlow (fast start); keras: the Keras decoder on "
+                "TensorFlow; auto (default): litert when the bundle has the file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,10 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="print a JSON list of {image, caption, log_prob, alternatives}")
     predict.add_argument("--explain", metavar="OUT_DIR", default=None,
                          help="also write OUT_DIR/<image stem>.png: the photo, its caption and a heatmap per word")
+    predict.add_argument("--runtime", choices=RUNTIMES, default="auto", help=RUNTIME_HELP)
     serve = sub.add_parser("serve", help="a web page and a JSON API that caption uploaded photos")
     serve.add_argument("--model", default="models/captioner", help="model bundle folder (default: %(default)s)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    serve.add_argument("--runtime", choices=RUNTIMES, default="auto", help=RUNTIME_HELP)
     return parser
 
 
@@ -63,35 +67,25 @@ def expand_inputs(args: Sequence[str]) -> tuple[list[Path], dict[str, str]]:
     return unique, errors
 
 
-def load_captioner(model_dir: str, compiled: bool = True) -> Captioner:
-    """The bundle's Captioner; TensorFlow's C++ start-up lines are kept off the terminal."""
-    with _quiet_native_stderr():
-        import tensorflow as tf
-
-        tf.zeros(1)  # device set-up logs its CUDA probing here
+def load_captioner(model_dir: str, compiled: bool = True, runtime: str = "auto") -> Captioner:
+    """The bundle's Captioner; TensorFlow's C++ start-up lines are kept off the terminal (LiteRT needs no TensorFlow)."""
     from captioner.api import Captioner
 
-    return Captioner.load(model_dir, compiled=compiled)
+    captioner = Captioner.load(model_dir, compiled=compiled, runtime=runtime)
+    if captioner.lite is None:
+        from captioner.native_logs import quiet_native_stderr
+
+        with quiet_native_stderr():
+            import tensorflow as tf
+
+            tf.zeros(1)  # device set-up logs its CUDA probing here
+    return captioner
 
 
 def _skip_unused_imports() -> None:
     """Keep Keras from importing IPython and pyplot (about 0.5 s of start-up): the command uses neither."""
     for name in UNUSED_MODULES:
         sys.modules.setdefault(name, None)  # a None entry makes `import name` raise ImportError, which Keras expects
-
-
-@contextlib.contextmanager
-def _quiet_native_stderr() -> Iterator[None]:
-    """Silence file descriptor 2 for a moment: TensorFlow's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def write_explanations(out_dir: Path, paths: list[Path], results: dict[int, Caption]) -> dict[int, str]:
@@ -122,7 +116,7 @@ def run_predict(args: argparse.Namespace) -> int:
     paths, errors = expand_inputs(args.images)
     results: dict[int, Caption] = {}
     if paths:
-        captioner = load_captioner(args.model, compiled=len(paths) > EAGER_MAX_IMAGES)
+        captioner = load_captioner(args.model, compiled=len(paths) > EAGER_MAX_IMAGES, runtime=args.runtime)
         results, failed = captioner.caption_files(paths, args.beam_size, args.batch_size)
         if args.explain is not None:
             failed.update(write_explanations(Path(args.explain), paths, results))
@@ -149,7 +143,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise CaptionerError(f"--port must be 1-65535, got {args.port}")
     from captioner.server import serve
 
-    serve(load_captioner(args.model), args.host, args.port)
+    serve(load_captioner(args.model, runtime=args.runtime), args.host, args.port)
     return 0
 
 

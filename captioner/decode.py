@@ -1,14 +1,20 @@
-"""Greedy and beam-search decoding, batched over images x beams with the step model (no prefix recomputation)."""
+"""Greedy and beam-search decoding, batched over images x beams with the step model (no prefix recomputation).
+
+Beam search is plain NumPy around two calls, `init` (features -> state and context) and `step` (one word),
+so it runs on TensorFlow (`CaptionDecoder`) and on the LiteRT runtime (`litert.LiteDecoder`) alike.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
-from captioner.model import StepModels, step_models
 from captioner.text import END_ID, PAD_ID, START_ID, UNK_ID
+
+if TYPE_CHECKING:
+    from captioner.model import StepModels
 
 BANNED_IDS = (PAD_ID, START_ID, UNK_ID)
 _NEG = np.float32(-1e9)
@@ -27,7 +33,115 @@ class Beams:
     attention: list[np.ndarray] | None
 
 
-class CaptionDecoder:
+class BeamDecoder:
+    """Beam search over a decoder's `init` (features -> [h, c, *context]) and `step` (word -> [log p, h, c(, alpha)]).
+
+    Subclasses supply `_init_arrays` and `_step_arrays` on NumPy arrays, and may keep the context in their
+    own tensor type (`_hold_context`), since every step of a chunk reuses it.
+    """
+
+    attention: bool = False
+    max_steps: int = 1
+    chunk_images: int = 256
+
+    def _init_arrays(self, images: np.ndarray) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def _step_arrays(self, inputs: list) -> list:
+        raise NotImplementedError
+
+    def _hold_context(self, context: list[np.ndarray]) -> list:
+        """The context as `_step_arrays` takes it best (arrays here)."""
+        return context
+
+    def _start(self, images: np.ndarray):
+        """Run `init` and the first word step: (masked log p (B, V), context, h, c, alpha (B, L) or None)."""
+        h, c, *context = self._init_arrays(images.astype(np.float32, copy=False))
+        tokens = np.full((len(images), 1), START_ID, dtype=np.int32)
+        log_probs, h, c, alpha = self._run_step(tokens, h, c, self._hold_context(context))
+        return log_probs, context, h, c, alpha
+
+    def step(self, tokens: np.ndarray, h: np.ndarray, c: np.ndarray, context: list[np.ndarray]):
+        """One decoding step for N rows: (log p (N, V) with pad/start/unk banned, new h, new c)."""
+        return self._run_step(tokens, h, c, self._hold_context(context))[:3]
+
+    def _run_step(self, tokens: np.ndarray, h: np.ndarray, c: np.ndarray, context: list):
+        """One decoding step: (masked log p (N, V), h, c, attention (N, L) or None)."""
+        log_probs, h, c, *alpha = self._step_arrays([tokens.reshape(-1, 1).astype(np.int32), h, c, *context])
+        log_probs = np.array(log_probs)
+        log_probs[:, BANNED_IDS] = _NEG
+        return log_probs, np.asarray(h), np.asarray(c), (np.asarray(alpha[0]) if alpha and self.attention else None)
+
+    def _chunks(self, features: np.ndarray) -> Iterator[np.ndarray]:
+        for start in range(0, len(features), self.chunk_images):
+            yield features[start : start + self.chunk_images]
+
+    def beam(
+        self,
+        features: np.ndarray,
+        beam_size: int,
+        length_alpha: float = 1.0,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[list[int]]:
+        """Beam search over all images at once; the final pick is by log p / length**alpha. Ids without <end>."""
+        return [found.ids[0] for found in self.beam_search(features, beam_size, length_alpha, progress)]
+
+    def beam_search(
+        self,
+        features: np.ndarray,
+        beam_size: int,
+        length_alpha: float = 1.0,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Beams]:
+        """Beam search over all images at once: every image's beams with their log-probabilities, best first."""
+        out: list[Beams] = []
+        for chunk in self._chunks(features):
+            out.extend(self._beam_chunk(chunk, max(int(beam_size), 1), length_alpha))
+            if progress is not None:
+                progress(len(chunk))
+        return out
+
+    def _beam_chunk(self, images: np.ndarray, k: int, alpha: float) -> list[Beams]:
+        n = len(images)
+        log_probs, context, h, c, att = self._start(images)
+        vocab = log_probs.shape[1]
+        k = min(k, vocab - len(BANNED_IDS))
+        first = _top_k(log_probs, k)  # (n, k)
+        scores = np.take_along_axis(log_probs, first, axis=1).reshape(-1)  # (n*k,)
+        seqs = first.reshape(-1, 1).astype(np.int32)
+        h, c, context = _repeat_state(k, h, c, context)
+        context = self._hold_context(context)  # beams of one image share its context, so it is the same every step
+        maps = None if att is None else np.repeat(att, k, axis=0)[:, None]  # (n*k, steps, L)
+        done = seqs[:, 0] == END_ID
+        lengths = np.ones(n * k, dtype=np.float32)
+        for _ in range(1, self.max_steps):
+            if done.all():
+                break
+            log_probs, h, c, att = self._run_step(seqs[:, -1], h, c, context)
+            log_probs[done] = _NEG
+            log_probs[done, PAD_ID] = 0.0  # a finished beam carries its score forward unchanged
+            total = (scores[:, None] + log_probs).reshape(n, k * vocab)
+            best = _top_k(total, k)  # (n, k)
+            rows = (np.arange(n)[:, None] * k + best // vocab).reshape(-1)
+            tokens = (best % vocab).reshape(-1).astype(np.int32)
+            scores = np.take_along_axis(total, best, axis=1).reshape(-1)
+            lengths = lengths[rows] + (~done[rows])
+            done = done[rows] | (tokens == END_ID)
+            seqs = np.concatenate([seqs[rows], tokens[:, None]], axis=1)
+            h, c = h[rows], c[rows]
+            if maps is not None:
+                maps = np.concatenate([maps[rows], att[rows][:, None]], axis=1)
+        order = np.argsort(-(scores / lengths**alpha).reshape(n, k), axis=1, kind="stable")
+        found = []
+        for i in range(n):
+            rows = i * k + order[i]
+            ids = [_strip(seqs[row]) for row in rows]
+            attention = None if maps is None else [_word_maps(seqs[row], maps[row]) for row in rows]
+            found.append(Beams(ids=ids, log_probs=[float(scores[row]) for row in rows], attention=attention))
+        return found
+
+
+class CaptionDecoder(BeamDecoder):
     """Caption image features with a trained decoder; `init` runs once per image, `step` once per word.
 
     With `attention=True` (and an attention decoder) each step also returns the attention weights, for
@@ -40,6 +154,8 @@ class CaptionDecoder:
                  compiled: bool = True):
         import keras
         import tensorflow as tf
+
+        from captioner.model import step_models
 
         self.models: StepModels = step_models(model)
         self.attention = attention and self.models.has_attention
@@ -63,27 +179,15 @@ class CaptionDecoder:
             ],
         )
 
-    def _start(self, images: np.ndarray):
-        """Run `init` and the first word step: (masked log p (B, V), context, h, c, alpha (B, L) or None)."""
-        h, c, *context = (np.asarray(t) for t in self._init(_tensors([images.astype(np.float32, copy=False)])[0]))
-        tokens = np.full((len(images), 1), START_ID, dtype=np.int32)
-        log_probs, h, c, alpha = self._run_step(tokens, h, c, context)
-        return log_probs, context, h, c, alpha
+    def _init_arrays(self, images: np.ndarray) -> list[np.ndarray]:
+        return [np.asarray(t) for t in self._init(_tensors([images])[0])]
 
-    def step(self, tokens: np.ndarray, h: np.ndarray, c: np.ndarray, context: list[np.ndarray]):
-        """One decoding step for N rows: (log p (N, V) with pad/start/unk banned, new h, new c)."""
-        return self._run_step(tokens, h, c, context)[:3]
+    def _step_arrays(self, inputs: list) -> list:
+        return self._step(_tensors(inputs))
 
-    def _run_step(self, tokens: np.ndarray, h: np.ndarray, c: np.ndarray, context: list[np.ndarray]):
-        """One decoding step: (masked log p (N, V), h, c, attention (N, L) or None)."""
-        log_probs, h, c, *alpha = self._step(_tensors([tokens.reshape(-1, 1).astype(np.int32), h, c, *context]))
-        log_probs = np.array(log_probs)
-        log_probs[:, BANNED_IDS] = _NEG
-        return log_probs, np.asarray(h), np.asarray(c), (np.asarray(alpha[0]) if alpha else None)
-
-    def _chunks(self, features: np.ndarray) -> Iterator[np.ndarray]:
-        for start in range(0, len(features), self.chunk_images):
-            yield features[start : start + self.chunk_images]
+    def _hold_context(self, context: list) -> list:
+        """Context as TensorFlow tensors: converted once per chunk, not once per step."""
+        return _tensors(context)
 
     def greedy(self, features: np.ndarray) -> list[list[int]]:
         """Most likely next word at every step (argmax); token ids per image, without <end>."""
@@ -141,70 +245,6 @@ class CaptionDecoder:
                 break
         seqs = tf.transpose(out.stack())
         return tf.pad(seqs, [[0, 0], [0, self.max_steps - tf.shape(seqs)[1]]])
-
-    def beam(
-        self,
-        features: np.ndarray,
-        beam_size: int,
-        length_alpha: float = 1.0,
-        progress: Callable[[int], None] | None = None,
-    ) -> list[list[int]]:
-        """Beam search over all images at once; the final pick is by log p / length**alpha. Ids without <end>."""
-        return [found.ids[0] for found in self.beam_search(features, beam_size, length_alpha, progress)]
-
-    def beam_search(
-        self,
-        features: np.ndarray,
-        beam_size: int,
-        length_alpha: float = 1.0,
-        progress: Callable[[int], None] | None = None,
-    ) -> list[Beams]:
-        """Beam search over all images at once: every image's beams with their log-probabilities, best first."""
-        out: list[Beams] = []
-        for chunk in self._chunks(features):
-            out.extend(self._beam_chunk(chunk, max(int(beam_size), 1), length_alpha))
-            if progress is not None:
-                progress(len(chunk))
-        return out
-
-    def _beam_chunk(self, images: np.ndarray, k: int, alpha: float) -> list[Beams]:
-        n = len(images)
-        log_probs, context, h, c, att = self._start(images)
-        vocab = log_probs.shape[1]
-        k = min(k, vocab - len(BANNED_IDS))
-        first = _top_k(log_probs, k)  # (n, k)
-        scores = np.take_along_axis(log_probs, first, axis=1).reshape(-1)  # (n*k,)
-        seqs = first.reshape(-1, 1).astype(np.int32)
-        h, c, context = _repeat_state(k, h, c, context)
-        context = _tensors(context)  # beams of one image share its context, so it is the same every step
-        maps = None if att is None else np.repeat(att, k, axis=0)[:, None]  # (n*k, steps, L)
-        done = seqs[:, 0] == END_ID
-        lengths = np.ones(n * k, dtype=np.float32)
-        for _ in range(1, self.max_steps):
-            if done.all():
-                break
-            log_probs, h, c, att = self._run_step(seqs[:, -1], h, c, context)
-            log_probs[done] = _NEG
-            log_probs[done, PAD_ID] = 0.0  # a finished beam carries its score forward unchanged
-            total = (scores[:, None] + log_probs).reshape(n, k * vocab)
-            best = _top_k(total, k)  # (n, k)
-            rows = (np.arange(n)[:, None] * k + best // vocab).reshape(-1)
-            tokens = (best % vocab).reshape(-1).astype(np.int32)
-            scores = np.take_along_axis(total, best, axis=1).reshape(-1)
-            lengths = lengths[rows] + (~done[rows])
-            done = done[rows] | (tokens == END_ID)
-            seqs = np.concatenate([seqs[rows], tokens[:, None]], axis=1)
-            h, c = h[rows], c[rows]
-            if maps is not None:
-                maps = np.concatenate([maps[rows], att[rows][:, None]], axis=1)
-        order = np.argsort(-(scores / lengths**alpha).reshape(n, k), axis=1, kind="stable")
-        found = []
-        for i in range(n):
-            rows = i * k + order[i]
-            ids = [_strip(seqs[row]) for row in rows]
-            attention = None if maps is None else [_word_maps(seqs[row], maps[row]) for row in rows]
-            found.append(Beams(ids=ids, log_probs=[float(scores[row]) for row in rows], attention=attention))
-        return found
 
 
 def _word_maps(seq: np.ndarray, maps: np.ndarray) -> np.ndarray:

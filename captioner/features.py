@@ -22,7 +22,7 @@ from tqdm import tqdm
 from captioner.atomic import atomic_dir, write_json
 from captioner.encoders import build_encoder, get_spec, weights_id
 from captioner.errors import CaptionerError
-from captioner.feature_store import FEATURES_FILE, write_features
+from captioner.feature_store import FEATURES_FILE, feature_dtype, write_features
 from captioner.images import describe_failure, image_batches
 from captioner.precision import resolve_precision
 from captioner.resume_store import ResumeStore, piece_key
@@ -30,11 +30,6 @@ from captioner.resume_store import ResumeStore, piece_key
 META_FILE = "meta.json"
 WARN_NAMES = 3
 PIECE_BATCHES = 32
-
-
-def feature_dtype(output: str) -> np.dtype:
-    """Storage dtype: float32 vectors, float16 grids (half the disk and memory, ample precision)."""
-    return np.dtype(np.float32 if output == "pooled" else np.float16)
 
 
 def encode_images(

@@ -3,7 +3,8 @@
 A tf.data pipeline reads, decodes (JPEG, PNG, GIF, BMP, WebP; grayscale and RGBA become RGB), turns
 the image upright by its EXIF orientation (phone photos are stored sideways with a rotation tag) and
 resizes (bilinear squash, antialiased, like `load_img(target_size=...)` with bilinear interpolation)
-in parallel and prefetches batches. Before decoding, each file's header is read with Pillow for the
+in parallel and prefetches batches; JPEGs are decoded with the accurate integer DCT, so `photos.py` gets
+the same pixels from Pillow without TensorFlow. Before decoding, each file's header is read with Pillow for the
 orientation and the pixel count: an image over Pillow's decompression-bomb limit is never decoded.
 Files that fail are dropped so one bad file never stops the stream; the batches carry each image's
 index, and `describe_failure` tells why the missing ones failed.
@@ -11,51 +12,14 @@ index, and `describe_failure` tells why the missing ones failed.
 
 from __future__ import annotations
 
-import io
 import re
-import warnings
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
-from PIL import ExifTags, Image, UnidentifiedImageError
 
+from captioner import photos
 from captioner.errors import CaptionerError
-
-UPRIGHT = 1
-
-
-class ImageRejected(CaptionerError):
-    """An image refused before decoding (over the pixel limit)."""
-
-
-def pixel_limit() -> int | None:
-    """The most pixels an image may hold: Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`)."""
-    return Image.MAX_IMAGE_PIXELS
-
-
-def read_header(source: Path | bytes, max_pixels: int | None = None) -> int:
-    """EXIF orientation (1-8; 1 when absent or unknown) from the image header; ImageRejected above `max_pixels`.
-
-    `max_pixels` can lower Pillow's limit (None: Pillow's, which also applies above it). A file Pillow cannot identify gives 1: TensorFlow may still
-    decode it, and if not, `describe_failure` explains.
-    """
-    limit = pixel_limit() if max_pixels is None else max_pixels
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-                width, height = image.size
-                orientation = image.getexif().get(ExifTags.Base.Orientation, UPRIGHT)
-    except Image.DecompressionBombError as exc:
-        raise ImageRejected(f"too many pixels (decompression bomb guard): {exc}") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError):
-        return UPRIGHT
-    if limit is not None and width * height > limit:
-        raise ImageRejected(
-            f"too many pixels (decompression bomb guard): {width}x{height} = {width * height} pixels, limit {limit}"
-        )
-    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else UPRIGHT
+from captioner.photos import UPRIGHT, ImageRejected, read_header
 
 
 def orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
@@ -90,8 +54,18 @@ def decode_bytes(data: bytes, size: int, max_pixels: int | None = None) -> tf.Te
 
 def _decode_resize(data: tf.Tensor, size: int, orientation: tf.Tensor | int) -> tf.Tensor:
     """Encoded bytes -> decoded, turned upright, resized."""
-    image = tf.cast(tf.io.decode_image(data, channels=3, expand_animations=False), tf.float32)
+    image = tf.cast(decode_pixels(data), tf.float32)
     return resize(orient(image, tf.convert_to_tensor(orientation, tf.int32)), size)
+
+
+def decode_pixels(data: tf.Tensor) -> tf.Tensor:
+    """Encoded bytes -> (h, w, 3) uint8 RGB; JPEGs with the accurate integer DCT (TensorFlow's default is the
+    fast one), so the pixels equal Pillow's and `photos.py` reproduces them without TensorFlow."""
+    return tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
+    )
 
 
 def resize(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -121,20 +95,6 @@ def image_batches(paths: list[Path], size: int, batch_size: int) -> tf.data.Data
     )
 
 
-def to_rgb_array(image) -> np.ndarray:
-    """A PIL image (turned upright by its EXIF tag) or an (h, w) / (h, w, 3|4) array -> (h, w, 3) array 0-255."""
-    from PIL import ImageOps
-
-    if isinstance(image, Image.Image):
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] not in (3, 4) or 0 in array.shape:
-        raise CaptionerError(f"an image array must be (h, w), (h, w, 3) or (h, w, 4), got shape {array.shape}")
-    return array[:, :, :3]
-
-
 def _tf_reason(exc: tf.errors.OpError) -> str:
     """TensorFlow's error message without the op wrapper noise."""
     message = re.sub(r"\{\{[^}]*\}\}", "", exc.message)
@@ -143,18 +103,9 @@ def _tf_reason(exc: tf.errors.OpError) -> str:
 
 def describe_bytes(data: bytes) -> str:
     """One-line reason why `data` cannot be used as an image (PIL's diagnosis first, TensorFlow's otherwise)."""
-    if not data:
-        return "empty file"
-    try:
-        read_header(data)
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-    except ImageRejected as exc:
-        return str(exc)
-    except UnidentifiedImageError:
-        return "not an image (unrecognized file format)"
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return f"corrupt image: {exc}"
+    reason = photos.describe_bytes(data)
+    if reason:
+        return reason
     try:
         _decode_resize(tf.constant(data), 8, UPRIGHT)
     except tf.errors.OpError as exc:

@@ -161,6 +161,7 @@ class DecoderSpec:
     units: int
     dropout: float
     heads: int = 8  # attention heads (attention decoder only)
+    output_units: int | None = None  # width of the layer before the logits (merge, attention); None = units
 
 
 def decoder_input_shape(kind: str, feature_shape: Sequence[int]) -> tuple[int, ...]:
@@ -196,6 +197,7 @@ def _make_layers(spec: DecoderSpec, dtype: str) -> dict[str, layers.Layer]:
     `dtype` is a Keras dtype policy ("float32" or "mixed_bfloat16"); the logits always leave in float32.
     """
     u, e, v, p = spec.units, spec.embedding_dim, spec.vocab_size, spec.dropout
+    out_u = spec.output_units or u
     made: dict[str, layers.Layer] = {
         "embedding": layers.Embedding(v, e, name="embedding", dtype=dtype),
         "embedding_dropout": layers.Dropout(p, name="embedding_dropout", dtype=dtype),
@@ -211,7 +213,7 @@ def _make_layers(spec: DecoderSpec, dtype: str) -> dict[str, layers.Layer]:
         made["image_proj"] = layers.Dense(u, activation="relu", name="image_proj", dtype=dtype)
         made["zero_state"] = ZeroState(u, name="zero_state", dtype=dtype)
         made["merge"] = JoinVector("add", name="merge", dtype=dtype)
-        made["hidden"] = layers.Dense(u, activation="relu", name="hidden", dtype=dtype)
+        made["hidden"] = layers.Dense(out_u, activation="relu", name="hidden", dtype=dtype)
     elif spec.kind == "inject":
         made["init_h"] = layers.Dense(u, activation="tanh", name="init_h", dtype=dtype)
         made["init_c"] = layers.Dense(u, activation="tanh", name="init_c", dtype=dtype)
@@ -227,7 +229,7 @@ def _make_layers(spec: DecoderSpec, dtype: str) -> dict[str, layers.Layer]:
         made["word_image"] = JoinVector("concat", name="word_image", dtype=dtype)
         made["attend"] = GridAttention(spec.heads, name="attend", dtype=dtype)
         made["merge"] = layers.Add(name="merge", dtype=dtype)
-        made["hidden"] = layers.Dense(u, activation="relu", name="hidden", dtype=dtype)
+        made["hidden"] = layers.Dense(out_u, activation="relu", name="hidden", dtype=dtype)
     else:
         raise ValueError(f"unknown decoder {spec.kind!r} (known: {', '.join(DECODERS)})")
     return made
@@ -332,10 +334,11 @@ def step_models(model: keras.Model) -> StepModels:
     ctx_in = [keras.Input(t.shape[1:], name=f"context_{i}") for i, t in enumerate(context)]
     out, h, c, alpha = _decode(kind, lay, token, h_in, c_in, ctx_in)
     logits = _logits(lay, out)
-    log_probs = layers.Activation("log_softmax")(layers.Reshape((logits.shape[-1],))(logits))
+    flat = layers.Reshape((logits.shape[-1],), name="step_logits")(logits)  # named: reproducible LiteRT export
+    log_probs = layers.Activation("log_softmax", name="step_log_probs")(flat)
     outputs = [log_probs, h, c]
     if alpha is not None:
-        outputs.append(layers.Reshape((alpha.shape[-1],))(alpha))
+        outputs.append(layers.Reshape((alpha.shape[-1],), name="step_attention")(alpha))
     step = keras.Model([token, h_in, c_in, *ctx_in], outputs, name=f"{kind}_step")
     return StepModels(kind=kind, init=init, step=step, vocab_size=int(logits.shape[-1]), has_attention=alpha is not None)
 

@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException
 from captioner import __version__
 from captioner.api import Captioner
 from captioner.errors import CaptionerError
-from captioner.images import ImageRejected, read_header
+from captioner.photos import ImageRejected, read_header
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 50_000_000

@@ -276,6 +276,7 @@ def decoder_spec(params: dict[str, Any], vocab_size: int, feature_shape: tuple[i
         units=params["units"],
         dropout=params["dropout"],
         heads=params["attention_heads"],
+        output_units=params["output_units"],
     )
 
 
@@ -412,9 +413,17 @@ def run_train(
         "units": train_params["units"],
         "dropout": train_params["dropout"],
         "heads": train_params["attention_heads"],
+        "output_units": train_params["output_units"],
         "vocab_size": len(data.vocab),
     }
     decoding = {"beam_size": DEFAULT_BEAM_SIZE, "max_length": data.vocab.max_length, "length_alpha": 1.0}
-    save_bundle(model_dir, model, data.vocab, make_config(encoder, data.feature_shape, decoder, decoding))
+    lite_encoder = None
+    saving = time.monotonic()
+    if train_params["litert"]:  # the bundle's encoder, converted with the decoder for a TensorFlow-free start
+        from captioner.encoders import build_encoder
+
+        lite_encoder = build_encoder(encoder["name"], encoder["weights"], encoder["output"])
+    save_bundle(model_dir, model, data.vocab, make_config(encoder, data.feature_shape, decoder, decoding), lite_encoder)
+    summary["save_seconds"] = round(time.monotonic() - saving, 1)
     write_json(metrics_path, summary)
     return summary

@@ -8,14 +8,16 @@ import numpy as np
 from PIL import Image
 
 
-def make_bundle(path: Path, kind: str = "attention", weights: str = "imagenet") -> Path:
+def make_bundle(path: Path, kind: str = "attention", weights: str = "imagenet", litert: bool = False) -> Path:
     """Save a bundle whose decoder (`attention` on the 7x7 grid, or `merge` on pooled vectors) is untrained.
 
     With the real encoder weights the attention maps differ from cell to cell (random weights give flat maps).
+    `litert` also writes captioner.tflite (encoder + decoder for the LiteRT runtime), as the train stage does.
     """
     import keras
 
     from captioner.bundle import make_config, save_bundle
+    from captioner.encoders import build_encoder
     from captioner.model import DecoderSpec, build_decoder
     from captioner.text import END_ID, Vocabulary
 
@@ -38,7 +40,8 @@ def make_bundle(path: Path, kind: str = "attention", weights: str = "imagenet") 
         {"kind": kind, "embedding_dim": 8, "units": 16, "dropout": 0.0, "vocab_size": len(vocab)},
         {"beam_size": 3, "max_length": vocab.max_length, "length_alpha": 1.0},
     )
-    save_bundle(path, model, vocab, config)
+    encoder = build_encoder("efficientnet_lite0", weights, output) if litert else None
+    save_bundle(path, model, vocab, config, encoder)
     return path
 
 

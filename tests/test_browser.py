@@ -44,7 +44,7 @@ def test_page_captions_an_uploaded_photo_with_heatmaps(tmp_path):
     from captioner.api import Captioner
     from captioner.server import create_app, warm_up
 
-    captioner = Captioner.load(make_bundle(tmp_path / "captioner"))
+    captioner = Captioner.load(make_bundle(tmp_path / "captioner", litert=True))
     warm_up(captioner)
     photo = make_photo(tmp_path / "photo.jpg", size=(320, 240), cool=True)
     screenshot = Path(os.environ.get("CAPTIONER_ARTIFACTS") or tmp_path) / "browser-test.png"

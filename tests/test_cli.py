@@ -102,7 +102,20 @@ def test_missing_bundle_is_one_line_error(images, tmp_path, capsys):
 def attention_bundle(tmp_path_factory):
     from helpers_bundle import make_bundle
 
-    return make_bundle(tmp_path_factory.mktemp("attention") / "captioner")
+    return make_bundle(tmp_path_factory.mktemp("attention") / "captioner", litert=True)
+
+
+def test_litert_and_keras_runtimes_print_the_same_captions(attention_bundle, images):
+    photos = [str(images / "wide.png"), str(images / "tall.jpg"), str(images / "gray.jpeg")]
+    outputs = {}
+    for runtime in ("auto", "keras"):
+        cmd = [sys.executable, "-m", "captioner.cli", "predict", *photos, "--model", str(attention_bundle),
+               "--runtime", runtime, "--json"]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        outputs[runtime] = json.loads(result.stdout)
+    assert [r["caption"] for r in outputs["auto"]] == [r["caption"] for r in outputs["keras"]]
+    assert all(abs(a["log_prob"] - b["log_prob"]) < 1e-3 for a, b in zip(outputs["auto"], outputs["keras"]))
 
 
 def test_explain_writes_one_figure_per_image(attention_bundle, images, tmp_path, capsys):

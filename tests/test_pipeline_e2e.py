@@ -148,7 +148,11 @@ def test_push_clone_pull_predict(repo, tmp_path):
     status = dvc(clone, "status")
     assert "up to date" in status.stdout, status.stdout
     image = sorted((clone / "data/raw/Images").glob("*.jpg"))[0]
-    result = sh(clone, str(BIN / "captioner"), "predict", str(image), "--model", "models/captioner", "--json")
-    predictions = json.loads(result.stdout)
-    assert predictions[0]["caption"].strip()
+    assert (clone / "models/captioner/captioner.tflite").is_file()  # the train stage's LiteRT export
+    captions = {}
+    for runtime in ("litert", "keras"):
+        result = sh(clone, str(BIN / "captioner"), "predict", str(image), "--model", "models/captioner", "--json",
+                    "--runtime", runtime)
+        captions[runtime] = json.loads(result.stdout)[0]["caption"]
+    assert captions["litert"].strip() and captions["litert"] == captions["keras"]
     assert ran_stages(dvc(clone, "repro").stdout) == set()

@@ -24,7 +24,7 @@ def server(tmp_path_factory):
     from captioner.api import Captioner
     from captioner.server import create_app, warm_up
 
-    captioner = Captioner.load(make_bundle(tmp_path_factory.mktemp("serve") / "captioner"))
+    captioner = Captioner.load(make_bundle(tmp_path_factory.mktemp("serve") / "captioner", litert=True))
     warm_up(captioner)
     with running_server(create_app(captioner, max_upload_bytes=UPLOAD_LIMIT, max_pixels=PIXEL_LIMIT)) as url:
         yield url
