@@ -1,8 +1,10 @@
-"""Feature reads per batch vs all features in memory: peak RSS and rows/s for 7k, 30k and 120k images.
+"""Feature reads per batch vs in memory: peak RSS, rows/s and training captions/s for 7k, 30k and 120k images.
 
 Writes synthetic grid feature files (7x7x1280 float16, the default encoder's grid, row-chunked like the
 stage writes them) into a temporary folder, one size at a time, and deletes each after measuring.
-Every measurement runs in a fresh process that reads random batches of 64 rows:
+Every measurement runs in a fresh process, so its peak RSS (VmHWM, imports included) is its own.
+
+Table 1, raw reads: random batches of 64 rows,
 
 - `reader, cold`: `FeatureReader.rows` after the file's pages were dropped from the page cache
   (`posix_fadvise DONTNEED` on that file only), so rows come from the disk;
@@ -10,10 +12,24 @@ Every measurement runs in a fresh process that reads random batches of 64 rows:
 - `in memory`: `load_features` first (the whole array), then numpy indexing; only up to
   `--in-memory-max` images, because 120k images need 15 GB of RAM.
 
-Peak RSS is the process's high-water mark (VmHWM, imports included). The table shows medians over rounds and
-the reader's rows/s as a ratio of in-memory rows/s measured in the same round.
+Table 2, training: the default attention decoder built and compiled as the train stage builds it (the
+`train` defaults of `captioner.params`: `decoder_spec`, precision `auto` resolved, Adam, `caption_loss`, op
+determinism) and fed by `make_dataset` with the default batch of 160 captions = 32 images x 5 captions,
+so each batch reads 32 whole image rows. Captions are synthetic like Flickr8k's (5 per image, vocabulary
+2532, Flickr8k's caption lengths: `benchmarks/train.py`), for every image of the file, so the caption
+arrays grow with the file (their size is a column). Features come from a `FeatureReader` on the file
+(read per batch, file in the page cache, as later epochs see it) or from the whole array loaded first
+(`in memory`, up to `--in-memory-max` images). After `--train-warmup` batches (tracing), `--train-batches`
+batches are timed. `reader / in memory` divides the reader's captions/s by the in-memory captions/s of the
+same round, at the same size or else at the largest in-memory size measured before it.
+
+Both tables show medians over rounds. The first table's header gives the load average at the start, the
+second's at the end: on a shared machine the absolute speeds drop, so compare the same-round ratios. The
+default run takes about 8 minutes on the 2-core development machine (niced, beside a training run) and
+needs about 16 GB of free disk; `--train-rounds 0` skips the training table.
 
     python benchmarks/feature_memory.py [--sizes 7000 30000 120000] [--rounds 3] [--batches 300]
+                                        [--train-rounds 2] [--train-warmup 8] [--train-batches 20]
                                         [--in-memory-max 30000] [--dir /tmp]
 """
 
@@ -37,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from captioner.feature_store import FeatureReader, load_features, write_features  # noqa: E402
+from captioner.params import DEFAULTS  # noqa: E402
 
 SHAPE = (7, 7, 1280)
 BATCH = 64
@@ -100,27 +117,99 @@ def child(mode: str, path: Path, batches: int) -> dict:
     return {"rows_per_s": batches * BATCH / seconds, "peak_rss_mb": peak_rss_mb(), "open_s": opened, "check": total}
 
 
-def measure(mode: str, path: Path, batches: int) -> dict:
-    """Run `child` in a fresh interpreter and return its result."""
-    out = subprocess.run([sys.executable, __file__, "--child", mode, str(path), "--batches", str(batches)],
-                         check=True, capture_output=True, text=True)
+def train_child(mode: str, path: Path, warmup: int, batches: int) -> dict:
+    """In a fresh process: train the default decoder on the file's images; peak RSS in MB and captions/s.
+
+    `mode` is `memory` (the whole array loaded first) or `reader` (a FeatureReader, rows per batch).
+    """
+    import keras
+    import tensorflow as tf
+
+    from benchmarks.train import synthetic_captions
+    from captioner.model import build_decoder, caption_loss
+    from captioner.precision import keras_policy, resolve_precision
+    from captioner.training import decoder_spec, make_dataset
+
+    p, seed = DEFAULTS["train"], DEFAULTS["seed"]
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    began = time.perf_counter()
+    features = load_features(path)[1] if mode == "memory" else FeatureReader(path)
+    opened = time.perf_counter() - began
+    vocab, captions = synthetic_captions(len(features), np.random.default_rng(0))
+    model = build_decoder(decoder_spec(p, len(vocab), SHAPE), keras_policy(resolve_precision(p["precision"])))
+    model.compile(keras.optimizers.Adam(p["learning_rate"]), loss=caption_loss(), jit_compile=False)
+    dataset = make_dataset(features, captions, p["batch_size"], seed, captions_per_image=p["captions_per_image"])
+    it = iter(dataset.repeat())
+    for _ in range(warmup):  # traces the step for several caption widths
+        (x, t), y = next(it)
+        model.train_on_batch([x, t], y)
+    seen, began = 0, time.perf_counter()
+    for _ in range(batches):
+        (x, t), y = next(it)
+        model.train_on_batch([x, t], y)
+        seen += len(t)
+    seconds = time.perf_counter() - began
+    return {"captions_per_s": seen / seconds, "peak_rss_mb": peak_rss_mb(), "open_s": opened,
+            "caption_mb": (captions.tokens.nbytes + captions.image_rows.nbytes) / 1e6,
+            "precision": resolve_precision(p["precision"])}
+
+
+def measure(mode: str, path: Path, *options: str) -> dict:
+    """Run `child` (or `train_child` for `train-*` modes) in a fresh interpreter and return its result."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, __file__, "--child", mode, str(path), *options],
+                         capture_output=True, text=True, env=env)
+    if out.returncode:
+        sys.exit(f"error: {mode} on {path} failed: {(out.stderr.strip().splitlines() or ['no output'])[-1]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def warm_page_cache(path: Path) -> None:
+    """Read the whole file once so its pages are in the page cache (as after a first epoch, RAM allowing)."""
+    buffer = bytearray(16 << 20)
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buffer):
+            pass
+
+
+def load_average() -> str:
+    """The 1-minute load average with the core count, e.g. `load 2.1 on 2 cores`."""
+    return f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+
+
+def median(results: list[dict], key: str) -> float:
+    """The median of one key over rounds."""
+    return statistics.median(r[key] for r in results)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[7000, 30000, 120000])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batches", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the raw-read table")
+    parser.add_argument("--batches", type=int, default=300, help="batches of 64 rows per raw-read measurement")
+    parser.add_argument("--train-rounds", type=int, default=2, help="rounds of the training table (0: skip it)")
+    parser.add_argument("--train-warmup", type=int, default=8, help="untimed training batches first")
+    parser.add_argument("--train-batches", type=int, default=20, help="timed training batches")
     parser.add_argument("--in-memory-max", type=int, default=30000)
     parser.add_argument("--dir", default=tempfile.gettempdir())
     parser.add_argument("--child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], Path(args.child[1]), args.batches)))
+        mode, path = args.child[0], Path(args.child[1])
+        if mode.startswith("train-"):
+            result = train_child(mode.removeprefix("train-"), path, args.train_warmup, args.train_batches)
+        else:
+            result = child(mode, path, args.batches)
+        print(json.dumps(result))
         return
-    print(f"# feature reads: random batches of {BATCH} rows of {SHAPE} float16, {args.batches} batches, "
-          f"median of {args.rounds} rounds")
+    train_options = ("--train-warmup", str(args.train_warmup), "--train-batches", str(args.train_batches))
+    train_rows: list[str] = []
+    base: tuple[int, float] | None = None  # the first trained size and its reader's peak RSS
+    memory_ref: tuple[int, list[dict]] | None = None  # largest in-memory size trained so far, its rounds
+    precision = ""
+    print(f"# 1. feature reads: random batches of {BATCH} rows of {SHAPE} float16, {args.batches} batches, "
+          f"median of {args.rounds} rounds; {load_average()} at start")
     print("| images | file GB | write s | mode | peak RSS MB | rows/s | vs in memory | open/load s |")
     print("|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
@@ -135,21 +224,56 @@ def main() -> None:
             runs: dict[str, list[dict]] = {"reader, cold": [], "reader, warm": [], "in memory": []}
             for _ in range(args.rounds):
                 drop_from_page_cache(path)
-                runs["reader, cold"].append(measure("reader", path, args.batches))
-                runs["reader, warm"].append(measure("reader", path, args.batches))
+                runs["reader, cold"].append(measure("reader", path, "--batches", str(args.batches)))
+                runs["reader, warm"].append(measure("reader", path, "--batches", str(args.batches)))
                 if n <= args.in_memory_max:
-                    runs["in memory"].append(measure("memory", path, args.batches))
+                    runs["in memory"].append(measure("memory", path, "--batches", str(args.batches)))
             for mode, results in runs.items():
                 if not results:
                     print(f"| {n} | {path.stat().st_size / 1e9:.2f} | {wrote:.0f} | {mode} | skipped (needs "
-                          f"{file_bytes(n) / 1e9:.0f} GB RAM; --in-memory-max) | | | |")
+                          f"{file_bytes(n) / 1e9:.1f} GB RAM; --in-memory-max) | | | |")
                     continue
                 ratios = [r["rows_per_s"] / m["rows_per_s"] for r, m in zip(results, runs["in memory"])]
                 ratio = f"{statistics.median(ratios):.2f}x" if ratios and mode != "in memory" else "–"
                 print(f"| {n} | {path.stat().st_size / 1e9:.2f} | {wrote:.0f} | {mode} | "
-                      f"{statistics.median(r['peak_rss_mb'] for r in results):.0f} | "
-                      f"{statistics.median(r['rows_per_s'] for r in results):.0f} | {ratio} | "
-                      f"{statistics.median(r['open_s'] for r in results):.2f} |", flush=True)
+                      f"{median(results, 'peak_rss_mb'):.0f} | {median(results, 'rows_per_s'):.0f} | {ratio} | "
+                      f"{median(results, 'open_s'):.2f} |", flush=True)
+            if not args.train_rounds:
+                continue
+            warm_page_cache(path)
+            train: dict[str, list[dict]] = {"reader": [], "in memory": []}
+            for _ in range(args.train_rounds):
+                train["reader"].append(measure("train-reader", path, *train_options))
+                if n <= args.in_memory_max:
+                    train["in memory"].append(measure("train-memory", path, *train_options))
+            if train["in memory"]:
+                memory_ref = (n, train["in memory"])
+            base = base or (n, median(train["reader"], "peak_rss_mb"))
+            precision = train["reader"][0]["precision"]
+            for mode, results in train.items():
+                if not results:
+                    train_rows.append(f"| {n} | – | in memory | skipped (needs {file_bytes(n) / 1e9:.1f} GB RAM; "
+                                      "--in-memory-max) | | | | |")
+                    continue
+                rss = median(results, "peak_rss_mb")
+                ratio = "–"
+                if mode == "reader" and memory_ref:
+                    ratios = [r["captions_per_s"] / m["captions_per_s"] for r, m in zip(results, memory_ref[1])]
+                    ratio = f"{statistics.median(ratios):.2f}x" + ("" if memory_ref[0] == n else
+                                                                   f" (vs {memory_ref[0]} in memory)")
+                train_rows.append(f"| {n} | {median(results, 'caption_mb'):.1f} | {mode} | {rss:.0f} | "
+                                  f"{100 * (rss / base[1] - 1):+.0f}% | {median(results, 'captions_per_s'):.0f} | "
+                                  f"{ratio} | {median(results, 'open_s'):.2f} |")
+    if not base:
+        return
+    per_image, batch_size = DEFAULTS["train"]["captions_per_image"], DEFAULTS["train"]["batch_size"]
+    print(f"\n# 2. training: default attention decoder ({precision}), {args.train_warmup} warm-up + "
+          f"{args.train_batches} timed batches of {batch_size} captions ({batch_size // per_image} images x "
+          f"{per_image}), median of {args.train_rounds} rounds; {load_average()} at end")
+    print(f"| images | caption arrays MB | features from | peak RSS MB | peak RSS vs {base[0]} reader | "
+          "captions/s | reader / in memory captions/s | open/load s |")
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(train_rows))
 
 
 if __name__ == "__main__":

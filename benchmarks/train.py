@@ -42,24 +42,36 @@ VARIANTS: dict[str, tuple[int, int, str, int] | None] = {
 }
 
 
+def synthetic_captions(n_images: int, rng: np.random.Generator):
+    """(vocabulary, CaptionSet) of PER_IMAGE random captions per image with Flickr8k's length profile.
+
+    Caption lengths follow Flickr8k's (mean ~12 tokens with <start> and <end>); words are uniform over the
+    vocabulary of VOCAB tokens. Image i owns captions 5i..5i+4, so the caption set indexes feature rows 0..n-1.
+    """
+    from captioner.text import END_ID, PAD_ID, START_ID, Vocabulary
+    from captioner.training import CaptionSet
+
+    n_captions = n_images * PER_IMAGE
+    words = np.clip(rng.normal(10.8, 3.8, n_captions).round(), 1, MAX_LENGTH - 2).astype(int)
+    tokens = rng.integers(4, VOCAB, (n_captions, MAX_LENGTH), dtype=np.int32)
+    tokens[:, 0] = START_ID
+    tokens[np.arange(n_captions), words + 1] = END_ID
+    tokens[np.arange(MAX_LENGTH) >= (words + 2)[:, None]] = PAD_ID
+    vocab = Vocabulary(tokens=("<pad>", "<unk>", "<start>", "<end>", *(f"w{i}" for i in range(VOCAB - 4))),
+                       max_length=MAX_LENGTH)
+    return vocab, CaptionSet(np.repeat(np.arange(n_images), PER_IMAGE), tokens)
+
+
 def synthetic(seed: int = 0):
-    """Random float16 grid features and captions with Flickr8k's length profile (mean ~12 tokens with start/end)."""
-    from captioner.text import END_ID, START_ID, Vocabulary
+    """Random float16 grid features for N_IMAGES images, each with PER_IMAGE synthetic captions."""
     from captioner.training import CaptionSet, TrainData
 
     rng = np.random.default_rng(seed)
     features = rng.random((N_IMAGES, *GRID), dtype=np.float32).astype(np.float16)
-    n_captions = N_IMAGES * PER_IMAGE
-    words = np.clip(rng.normal(10.8, 3.8, n_captions).round(), 1, MAX_LENGTH - 2).astype(int)
-    tokens = np.zeros((n_captions, MAX_LENGTH), dtype=np.int32)
-    for i, n in enumerate(words):
-        tokens[i, : n + 2] = [START_ID, *rng.integers(4, VOCAB, n), END_ID]
-    rows = np.repeat(np.arange(N_IMAGES), PER_IMAGE)
-    vocab = Vocabulary(tokens=("<pad>", "<unk>", "<start>", "<end>", *(f"w{i}" for i in range(VOCAB - 4))),
-                       max_length=MAX_LENGTH)
+    vocab, train = synthetic_captions(N_IMAGES, rng)
     empty = CaptionSet(np.zeros(0, dtype=np.int64), np.zeros((0, MAX_LENGTH), dtype=np.int32))
     names = [f"image{i}" for i in range(N_IMAGES)]
-    return TrainData(features, names, GRID, {}, vocab, CaptionSet(rows, tokens), empty)
+    return TrainData(features, names, GRID, {}, vocab, train, empty)
 
 
 def load(data_root: str | None):
