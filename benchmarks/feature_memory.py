@@ -125,7 +125,7 @@ def train_child(mode: str, path: Path, warmup: int, batches: int) -> dict:
     import keras
     import tensorflow as tf
 
-    from benchmarks.train import synthetic_captions
+    from benchmarks.train import synthetic_captions, timed_steps
     from captioner.model import build_decoder, caption_loss
     from captioner.precision import keras_policy, resolve_precision
     from captioner.training import decoder_spec, make_dataset
@@ -140,16 +140,7 @@ def train_child(mode: str, path: Path, warmup: int, batches: int) -> dict:
     model = build_decoder(decoder_spec(p, len(vocab), SHAPE), keras_policy(resolve_precision(p["precision"])))
     model.compile(keras.optimizers.Adam(p["learning_rate"]), loss=caption_loss(), jit_compile=False)
     dataset = make_dataset(features, captions, p["batch_size"], seed, captions_per_image=p["captions_per_image"])
-    it = iter(dataset.repeat())
-    for _ in range(warmup):  # traces the step for several caption widths
-        (x, t), y = next(it)
-        model.train_on_batch([x, t], y)
-    seen, began = 0, time.perf_counter()
-    for _ in range(batches):
-        (x, t), y = next(it)
-        model.train_on_batch([x, t], y)
-        seen += len(t)
-    seconds = time.perf_counter() - began
+    seen, seconds = timed_steps(model, dataset, warmup, batches)
     return {"captions_per_s": seen / seconds, "peak_rss_mb": peak_rss_mb(), "open_s": opened,
             "caption_mb": (captions.tokens.nbytes + captions.image_rows.nbytes) / 1e6,
             "precision": resolve_precision(p["precision"])}

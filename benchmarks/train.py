@@ -109,8 +109,14 @@ def measure(data, variant: tuple[int, int, str, int] | None, batches: int) -> di
         model = m.build_decoder(spec, keras_policy(precision))
         model.compile(keras.optimizers.Adam(1e-3), loss=m.caption_loss(), jit_compile=False)
         ds = make_dataset(data.features, data.train, batch_size, seed=0, captions_per_image=per_image)
-    it = iter(ds.repeat())
-    for _ in range(8):  # warm-up: traces (and compiles) for several batch widths
+    seen, seconds = timed_steps(model, ds, 8, batches)
+    return {"captions": seen, "seconds": seconds}
+
+
+def timed_steps(model, dataset, warmup: int, batches: int) -> tuple[int, float]:
+    """Train on `warmup` batches (traces for several caption widths), then time `batches`: (captions, seconds)."""
+    it = iter(dataset.repeat())
+    for _ in range(warmup):
         (x, t), y = next(it)
         model.train_on_batch([x, t], y)
     seen, start = 0, time.perf_counter()
@@ -118,7 +124,7 @@ def measure(data, variant: tuple[int, int, str, int] | None, batches: int) -> di
         (x, t), y = next(it)
         model.train_on_batch([x, t], y)
         seen += len(t)
-    return {"captions": seen, "seconds": time.perf_counter() - start}
+    return seen, time.perf_counter() - start
 
 
 def worker(args: argparse.Namespace) -> None:
