@@ -191,9 +191,11 @@ class Captioner:
                 done.append(i)
             except CaptionerError as exc:
                 failed[i] = str(exc)
-            if len(batch) == batch_size or (batch and i == len(paths) - 1):
+            if len(batch) == batch_size:
                 features.append(self._encode(np.stack(batch)))
                 batch = []
+        if batch:
+            features.append(self._encode(np.stack(batch)))
         results = self.caption_features(np.concatenate(features), beam) if done else []
         return dict(zip(done, results)), failed
 
@@ -201,14 +203,14 @@ class Captioner:
         """Caption rows of extracted encoder features (grids are pooled for decoders that take vectors)."""
         from tqdm import tqdm
 
-        from captioner.feature_store import pool_grid
+        from captioner.feature_store import prepare_features
 
         beam = self._beam(beam_size)
         if tuple(features.shape[1:]) != self.bundle.feature_shape:
             raise CaptionerError(
                 f"features of shape {tuple(features.shape[1:])} but the decoder was trained on {self.bundle.feature_shape}"
             )
-        feats = features if self.bundle.decoder_kind == "attention" else pool_grid(features)
+        feats = prepare_features(features, self.bundle.decoder_kind, "features")
         alpha = float(self.config["decoding"].get("length_alpha", 1.0))
         with tqdm(total=len(feats), desc="captioning", unit="img", disable=not progress, file=sys.stderr) as bar:
             found = self._decoder.beam_search(feats, beam, alpha, progress=bar.update)

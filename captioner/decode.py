@@ -40,9 +40,10 @@ class BeamDecoder:
     own tensor type (`_hold_context`), since every step of a chunk reuses it.
     """
 
-    attention: bool = False
-    max_steps: int = 1
-    chunk_images: int = 256
+    def __init__(self, max_length: int, attention: bool, chunk_images: int = 256):
+        self.attention = attention  # whether steps report attention maps (beam_search keeps them per word)
+        self.max_steps = max(int(max_length) - 1, 1)
+        self.chunk_images = chunk_images
 
     def _init_arrays(self, images: np.ndarray) -> list[np.ndarray]:
         raise NotImplementedError
@@ -158,9 +159,7 @@ class CaptionDecoder(BeamDecoder):
         from captioner.model import step_models
 
         self.models: StepModels = step_models(model)
-        self.attention = attention and self.models.has_attention
-        self.max_steps = max(int(max_length) - 1, 1)
-        self.chunk_images = chunk_images
+        super().__init__(max_length, attention and self.models.has_attention, chunk_images)
         init, step = self.models.init, self.models.step
         if self.models.has_attention and not self.attention:
             step = keras.Model(step.inputs, step.outputs[:3], name=step.name)

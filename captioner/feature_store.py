@@ -205,3 +205,20 @@ def pool_grid(features: np.ndarray) -> np.ndarray:
     if features.ndim == 2:
         return features.astype(np.float32, copy=False)
     return features.astype(np.float32).mean(axis=tuple(range(1, features.ndim - 1)))
+
+
+def prepare_features(features, decoder: str, source: str):
+    """Features in the form a decoder takes: grids pooled for merge/inject; attention refuses pooled vectors.
+
+    `features` is an array or a FeatureReader (rows read per batch); a reader's grids are pooled as rows are read.
+    """
+    if decoder == "attention":
+        if len(features.shape) != 4:
+            raise CaptionerError(
+                f"{source}: train.decoder attention needs grid features but these are pooled vectors "
+                f"of shape {features.shape[1:]} (set features.output: grid)"
+            )
+        return features
+    if isinstance(features, np.ndarray):
+        return pool_grid(features)
+    return PooledRows(features) if len(features.shape) == 4 else features

@@ -124,10 +124,8 @@ class LiteDecoder(BeamDecoder):
     """Beam search on a LiteRuntime's `init` and `step` (attention maps always come with the step)."""
 
     def __init__(self, runtime: LiteRuntime, max_length: int, attention: bool, chunk_images: int = 256):
+        super().__init__(max_length, attention, chunk_images)
         self.runtime = runtime
-        self.attention = attention
-        self.max_steps = max(int(max_length) - 1, 1)
-        self.chunk_images = chunk_images
 
     def _init_arrays(self, images: np.ndarray) -> list[np.ndarray]:
         return self.runtime.init(images)

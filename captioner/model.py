@@ -22,7 +22,6 @@ import numpy as np
 from keras import layers, ops
 
 from captioner.errors import CaptionerError
-from captioner.feature_store import PooledRows, pool_grid
 from captioner.text import END_ID, PAD_ID
 
 DECODERS = ("merge", "inject", "attention")
@@ -172,23 +171,6 @@ def decoder_input_shape(kind: str, feature_shape: Sequence[int]) -> tuple[int, .
             raise ValueError(f"the attention decoder needs grid features (h, w, C), got shape {feature_shape}")
         return feature_shape
     return feature_shape[-1:]
-
-
-def prepare_features(features, decoder: str, source: str):
-    """Features in the form a decoder takes: grids pooled for merge/inject; attention refuses pooled vectors.
-
-    `features` is an array or a FeatureReader (rows read per batch); a reader's grids are pooled as rows are read.
-    """
-    if decoder == "attention":
-        if len(features.shape) != 4:
-            raise CaptionerError(
-                f"{source}: train.decoder attention needs grid features but these are pooled vectors "
-                f"of shape {features.shape[1:]} (set features.output: grid)"
-            )
-        return features
-    if isinstance(features, np.ndarray):
-        return pool_grid(features)
-    return PooledRows(features) if len(features.shape) == 4 else features
 
 
 def _make_layers(spec: DecoderSpec, dtype: str) -> dict[str, layers.Layer]:

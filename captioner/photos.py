@@ -38,22 +38,28 @@ def read_header(source: Path | bytes, max_pixels: int | None = None) -> int:
     `max_pixels` can lower Pillow's limit (None: Pillow's, which also applies above it). A file Pillow cannot
     identify gives 1: TensorFlow may still decode it, and if not, `describe_bytes` explains.
     """
-    limit = pixel_limit() if max_pixels is None else max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-                width, height = image.size
+                size = image.size
                 orientation = image.getexif().get(ExifTags.Base.Orientation, UPRIGHT)
     except Image.DecompressionBombError as exc:
         raise ImageRejected(f"too many pixels (decompression bomb guard): {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError):
         return UPRIGHT
+    _check_pixels(size, max_pixels)
+    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else UPRIGHT
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int | None) -> None:
+    """ImageRejected when a (width, height) holds more pixels than `max_pixels` (None: Pillow's limit)."""
+    limit = pixel_limit() if max_pixels is None else max_pixels
+    width, height = size
     if limit is not None and width * height > limit:
         raise ImageRejected(
             f"too many pixels (decompression bomb guard): {width}x{height} = {width * height} pixels, limit {limit}"
         )
-    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else UPRIGHT
 
 
 def to_rgb_array(image) -> np.ndarray:
@@ -69,13 +75,18 @@ def to_rgb_array(image) -> np.ndarray:
 
 
 def decode_photo(data: bytes, max_pixels: int | None = None) -> np.ndarray:
-    """Encoded image bytes -> upright (h, w, 3) uint8 RGB (the first frame of an animation); CaptionerError if none."""
-    read_header(data, max_pixels)
+    """Encoded image bytes -> upright (h, w, 3) uint8 RGB (the first frame of an animation); CaptionerError if none.
+
+    The header is read once: the pixel guard checks its size before any pixel is decoded.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
+                _check_pixels(image.size, max_pixels)
                 return to_rgb_array(image)
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected(f"too many pixels (decompression bomb guard): {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise CaptionerError(describe_bytes(data)) from exc
 

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from captioner.errors import CaptionerError
-from captioner.feature_store import FEATURES_FILE, FeatureReader
+from captioner.feature_store import FEATURES_FILE, FeatureReader, prepare_features
 from captioner.jsonfile import read_json
 from captioner.text import PAD_ID, Vocabulary
 
@@ -47,8 +47,6 @@ class TrainData:
 
 def load_train_data(features_dir: str | os.PathLike[str], processed_dir: str | os.PathLike[str], decoder: str) -> TrainData:
     """Read features.h5 + meta.json, vocab.json and sequences.npz; map each caption to its image's feature row."""
-    from captioner.model import prepare_features
-
     features_dir, processed_dir = Path(features_dir), Path(processed_dir)
     reader = FeatureReader(features_dir / FEATURES_FILE)
     names, attrs = reader.names, reader.attrs
