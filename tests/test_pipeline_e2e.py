@@ -52,10 +52,14 @@ def edit_params(repo: Path, **sections: dict) -> None:
 def restore(repo: Path) -> None:
     """Back to the committed state: params, lock file and metrics from git, data from the DVC cache.
 
-    A hard reset, not `git checkout -- .`: DVC's autostage has put the new dvc.lock in the index.
+    A hard reset, not `git checkout -- .`: DVC's autostage has put the new dvc.lock in the index. The
+    checkout rewrites every output (`--relink`), not only those DVC's file-state cache thinks changed,
+    and the next test starts only from a pipeline that `dvc status` calls up to date.
     """
     sh(repo, "git", "reset", "-q", "--hard", "HEAD")
-    dvc(repo, "checkout", "--force")
+    dvc(repo, "checkout", "--force", "--relink")
+    status = dvc(repo, "status").stdout
+    assert "up to date" in status, f"the committed pipeline is not up to date after restoring it:\n{status}"
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +103,9 @@ def test_param_change_reruns_exactly_the_dependent_stages(repo, change, expected
     edit_params(repo, **change)
     try:
         section = next(iter(change))
-        assert section in dvc(repo, "status").stdout
-        assert ran_stages(dvc(repo, "repro").stdout) == expected
+        status = dvc(repo, "status").stdout
+        assert section in status
+        assert ran_stages(dvc(repo, "repro").stdout) == expected, f"dvc status before the repro:\n{status}"
     finally:
         restore(repo)
 
