@@ -26,6 +26,17 @@ from captioner.text import END_ID, PAD_ID
 
 DECODERS = ("merge", "inject", "attention")
 _PACKAGE = "captioner"
+PACK_ROWS = 128  # packed logits come in multiples of this many rows (see `packed_rows`)
+
+
+def packed_rows(real):
+    """Rows of the packed logits for `real` real target tokens: rounded up to a multiple of PACK_ROWS.
+
+    Few distinct shapes instead of one per batch: oneDNN keeps a compiled bfloat16 matmul (with its
+    reordered weights, about 1 MB) per shape it meets, so exact row counts grew training's memory by
+    megabytes per step until its cache filled (see benchmarks/shape_memory.py).
+    """
+    return (real + PACK_ROWS - 1) // PACK_ROWS * PACK_ROWS
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -90,16 +101,19 @@ class RepeatRows(layers.Layer):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class PackPositions(layers.Layer):
-    """Keep only the positions that predict a real word: (N, T, D) -> (P, D), row-major, P = real targets.
+    """Keep only the positions that predict a real word: (N, T, D) -> (packed_rows(P), D), row-major.
 
     Input position t predicts token t+1, a real word or <end>, exactly when token t is neither pad nor
-    <end>; so the output projection and the loss skip the padding of the batch's shorter captions.
+    <end>; so the output projection and the loss skip the padding of the batch's shorter captions. The
+    P real rows come first; then copies of row 0 up to `packed_rows(P)`, which the losses weigh 0.
     """
 
     def call(self, inputs):
         hidden, tokens = inputs
         keep = ops.logical_and(ops.not_equal(tokens, PAD_ID), ops.not_equal(tokens, END_ID))
         index = ops.nonzero(ops.reshape(keep, (-1,)))[0]
+        real = ops.shape(index)[0]
+        index = ops.concatenate([index, ops.zeros((packed_rows(real) - real,), dtype=index.dtype)], axis=0)
         return ops.take(ops.reshape(hidden, (-1, hidden.shape[-1])), index, axis=0)
 
     def compute_output_shape(self, input_shapes):
@@ -260,11 +274,12 @@ def _logits(lay: dict, out):
 
 
 def build_decoder(spec: DecoderSpec, dtype: str = "float32") -> keras.Model:
-    """The training model: (images (B, ...), input ids (B*K, T)) -> logits (P, V) of the P real next tokens.
+    """The training model: (images (B, ...), input ids (B*K, T)) -> logits (packed_rows(P), V), P real next tokens.
 
     The logits come packed, row-major, for the positions whose target is a real token (`caption_loss`
     packs the 0-padded targets (B*K, T) the same way), so padding costs neither the output projection nor
     the loss, and every input keeps one row per image or caption (what a distribution strategy splits).
+    Rows past P are padding to a shape bucket; only the first P rows are logits of real positions.
     """
     if spec.kind not in DECODERS:
         raise ValueError(f"unknown decoder {spec.kind!r} (known: {', '.join(DECODERS)})")
@@ -327,15 +342,23 @@ def step_models(model: keras.Model) -> StepModels:
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class CaptionLoss(keras.losses.Loss):
-    """Mean cross-entropy of the packed logits (P, V) against the real tokens of 0-padded targets (N, T)."""
+    """Mean cross-entropy of the packed logits (P', V) against the P real tokens of 0-padded targets (N, T).
+
+    The first P rows of the logits are the real positions in row-major order; rows past P are packing
+    padding and count for nothing. Returns the mean over the P real tokens (a scalar).
+    """
 
     def __init__(self, name: str = "caption_loss", **kwargs):
         super().__init__(name=name, **kwargs)
 
     def call(self, y_true, y_pred):
         flat = ops.reshape(ops.cast(y_true, "int32"), (-1,))
-        real = ops.take(flat, ops.nonzero(ops.not_equal(flat, PAD_ID))[0], axis=0)
-        return keras.losses.sparse_categorical_crossentropy(real, y_pred, from_logits=True)
+        targets = ops.take(flat, ops.nonzero(ops.not_equal(flat, PAD_ID))[0], axis=0)
+        real, rows = ops.shape(targets)[0], ops.shape(y_pred)[0]
+        targets = ops.concatenate([targets, ops.zeros((rows - real,), dtype="int32")], axis=0)
+        losses = keras.losses.sparse_categorical_crossentropy(targets, y_pred, from_logits=True)
+        counted = ops.cast(ops.arange(rows) < real, losses.dtype)
+        return ops.sum(losses * counted) / ops.maximum(ops.cast(real, losses.dtype), 1.0)
 
 
 def caption_loss() -> keras.losses.Loss:

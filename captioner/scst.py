@@ -76,6 +76,7 @@ def policy_step(model, learning_rate: float, vocab_size: int) -> Callable:
     import tensorflow as tf
 
     from captioner.decode import BANNED_IDS
+    from captioner.model import packed_rows
 
     optimizer = keras.optimizers.Adam(learning_rate)
     variables = model.trainable_variables
@@ -86,7 +87,7 @@ def policy_step(model, learning_rate: float, vocab_size: int) -> Callable:
     @tf.function(reduce_retracing=True)
     def compiled(images, inputs, targets, weights):
         with tf.GradientTape() as tape:
-            logits = tf.cast(model([images, inputs], training=False), tf.float32)  # (P, V), packed
+            logits = tf.cast(model([images, inputs], training=False), tf.float32)  # (packed_rows(P), V)
             log_probs = tf.nn.log_softmax(logits + banned)
             chosen = tf.gather(log_probs, targets, batch_dims=1)  # (P,) log p of each sampled token
             loss = -tf.reduce_sum(chosen * weights)
@@ -95,7 +96,11 @@ def policy_step(model, learning_rate: float, vocab_size: int) -> Callable:
 
     def step(images, inputs, targets, weights):
         real = targets != PAD_ID
-        return compiled(images, inputs, targets[real], weights[real])
+        count = int(real.sum())
+        packed_targets = np.zeros(packed_rows(count), dtype=np.int32)  # as many rows as the model's logits;
+        packed_weights = np.zeros(packed_rows(count), dtype=np.float32)  # padding rows weigh 0
+        packed_targets[:count], packed_weights[:count] = targets[real], weights[real]
+        return compiled(images, inputs, packed_targets, packed_weights)
 
     return step
 

@@ -7,11 +7,13 @@ keras = pytest.importorskip("keras")
 
 from captioner.text import END_ID  # noqa: E402
 from captioner.model import (  # noqa: E402
+    PACK_ROWS,
     DecoderSpec,
     build_decoder,
     decoder_input_shape,
     load_decoder,
     caption_loss,
+    packed_rows,
     step_models,
 )
 
@@ -37,15 +39,17 @@ def test_decoder_trains_saves_and_loads_safely(kind, tmp_path):
     loss = model.train_on_batch([image, tokens[:, :-1]], tokens[:, 1:])
     assert np.isfinite(loss)
     after = model.predict([image, tokens[:, :-1]], verbose=0)
-    assert after.shape == (4 + 5 * 6, 30) and not np.allclose(before, after)  # packed: real targets only
-    assert (tokens[:, 1:] != 0).sum() == len(after)
+    real = (tokens[:, 1:] != 0).sum()
+    assert real == 4 + 5 * 6 and after.shape == (packed_rows(real), 30) == (PACK_ROWS, 30)  # real targets, padded
+    assert not np.allclose(before[:real], after[:real])
+    np.testing.assert_array_equal(after[real:], np.repeat(after[:1], len(after) - real, axis=0))  # copies of row 0
     model.save(tmp_path / "m.keras")
     loaded = load_decoder(tmp_path / "m.keras")
     np.testing.assert_array_equal(loaded.predict([image, tokens[:, :-1]], verbose=0), after)
 
     steps = step_models(loaded)
     h, c, *context = steps.init(image)
-    full = keras.ops.convert_to_numpy(keras.ops.log_softmax(loaded([image, tokens[:, :3]]), axis=-1)).reshape(6, 3, -1)
+    full = keras.ops.convert_to_numpy(keras.ops.log_softmax(loaded([image, tokens[:, :3]]), axis=-1))[:18].reshape(6, 3, -1)
     assert steps.has_attention == (kind == "attention")
     for t in range(3):
         log_p, h, c, *alpha = steps.step([keras.ops.convert_to_tensor(tokens[:, t : t + 1]), h, c, *context])
@@ -62,6 +66,15 @@ def test_caption_loss_pairs_packed_logits_with_the_real_targets():
     assert float(caption_loss()(y_true, logits)) == pytest.approx(np.log(8), rel=1e-5)
     logits[[0, 1, 2], [5, 3, 7]] = 50.0  # certain of each real target in packed order: loss ~ 0
     assert float(caption_loss()(y_true, logits)) < 1e-6
+    padded = np.concatenate([logits, np.full((5, 8), -50.0, dtype="float32")])  # packing padding: ignored
+    padded[3:, 0] = 50.0
+    assert float(caption_loss()(y_true, padded)) < 1e-6
+    padded[0] = 0.0  # one of three real rows uncertain: the mean is over the 3 real rows, not all 8
+    assert float(caption_loss()(y_true, padded)) == pytest.approx(np.log(8) / 3, rel=1e-4)
+
+
+def test_packed_rows_come_in_few_shapes():
+    assert [packed_rows(n) for n in (0, 1, PACK_ROWS, PACK_ROWS + 1)] == [0, PACK_ROWS, PACK_ROWS, 2 * PACK_ROWS]
 
 
 def attention_spec() -> DecoderSpec:
@@ -75,7 +88,7 @@ def test_attention_logits_skip_padded_positions_and_ignore_them():
     padded = np.concatenate([tokens, np.zeros((4, 9), dtype="int32")], axis=1)  # 9 more pad positions
     short = keras.ops.convert_to_numpy(model([image, tokens]))
     long = keras.ops.convert_to_numpy(model([image, padded]))
-    assert len(short) == 4 + 3 * 6  # row 0 ends after 4 real targets; pads and <end> predict nothing
+    assert len(short) == packed_rows(4 + 3 * 6)  # row 0 ends after 4 real targets; pads and <end> predict nothing
     np.testing.assert_allclose(long, short, atol=1e-5)
 
 
