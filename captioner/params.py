@@ -50,7 +50,7 @@ SETTINGS: dict[str, Field] = {
     "train.learning_rate": number(0.001, 1e-12, 10),
     "train.patience": integer(2, 0, 100_000),
     "train.scst_epochs": integer(10, 0, 100_000),
-    "train.scst_learning_rate": number(0.00005, 1e-12, 10),
+    "train.scst_learning_rate": number(0.0001, 1e-12, 10),
     "train.scst_samples": integer(5, 2, 1024),
     "train.scst_batch_images": integer(32, 1, 65536),
     "train.max_minutes": number(40.0, 0.0001, 1e6),
