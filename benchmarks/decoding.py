@@ -43,8 +43,7 @@ def main() -> None:
         for beam in BEAMS:
             cells = []
             for alpha in ALPHAS[:1] if beam == 1 else ALPHAS:  # greedy has one candidate: alpha changes nothing
-                captioner.config["decoding"]["length_alpha"] = alpha
-                captions = [r.caption for r in captioner.caption_features(features, beam)]
+                captions = [r.caption for r in captioner.caption_features(features, beam, length_alpha=alpha)]
                 scores = caption_scores({n: references[n] for n in names}, dict(zip(names, captions)))
                 words = sum(len(c.split()) for c in captions) / len(captions)
                 cells.append(f"{scores['bleu4']:.3f} / {scores['cider']:.3f} / {words:.1f}")

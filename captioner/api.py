@@ -199,8 +199,12 @@ class Captioner:
         results = self.caption_features(np.concatenate(features), beam) if done else []
         return dict(zip(done, results)), failed
 
-    def caption_features(self, features: np.ndarray, beam_size: int | None = None, progress: bool = False) -> list[Caption]:
-        """Caption rows of extracted encoder features (grids are pooled for decoders that take vectors)."""
+    def caption_features(self, features: np.ndarray, beam_size: int | None = None, progress: bool = False,
+                         length_alpha: float | None = None) -> list[Caption]:
+        """Caption rows of extracted encoder features (grids are pooled for decoders that take vectors).
+
+        `length_alpha` (default: the bundle's `decoding.length_alpha`) ranks finished beams by log p / length**alpha.
+        """
         from tqdm import tqdm
 
         from captioner.feature_store import prepare_features
@@ -211,7 +215,7 @@ class Captioner:
                 f"features of shape {tuple(features.shape[1:])} but the decoder was trained on {self.bundle.feature_shape}"
             )
         feats = prepare_features(features, self.bundle.decoder_kind, "features")
-        alpha = float(self.config["decoding"].get("length_alpha", 1.0))
+        alpha = float(self.config["decoding"].get("length_alpha", 1.0) if length_alpha is None else length_alpha)
         with tqdm(total=len(feats), desc="captioning", unit="img", disable=not progress, file=sys.stderr) as bar:
             found = self._decoder.beam_search(feats, beam, alpha, progress=bar.update)
         return [self._result(beams) for beams in found]

@@ -39,6 +39,11 @@ def packed_rows(real: int) -> int:
     return (real + PACK_ROWS - 1) // PACK_ROWS * PACK_ROWS
 
 
+def _zero_pad(values, rows):
+    """A 1-D tensor extended with zeros to `rows` entries (the packing padding)."""
+    return ops.concatenate([values, ops.zeros((rows - ops.shape(values)[0],), dtype=values.dtype)], axis=0)
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class JoinVector(layers.Layer):
     """Broadcast a per-image vector (B, D) over a sequence (B, T, E): add it (D == E) or concatenate it."""
@@ -112,8 +117,7 @@ class PackPositions(layers.Layer):
         hidden, tokens = inputs
         keep = ops.logical_and(ops.not_equal(tokens, PAD_ID), ops.not_equal(tokens, END_ID))
         index = ops.nonzero(ops.reshape(keep, (-1,)))[0]
-        real = ops.shape(index)[0]
-        index = ops.concatenate([index, ops.zeros((packed_rows(real) - real,), dtype=index.dtype)], axis=0)
+        index = _zero_pad(index, packed_rows(ops.shape(index)[0]))
         return ops.take(ops.reshape(hidden, (-1, hidden.shape[-1])), index, axis=0)
 
     def compute_output_shape(self, input_shapes):
@@ -355,8 +359,7 @@ class CaptionLoss(keras.losses.Loss):
         flat = ops.reshape(ops.cast(y_true, "int32"), (-1,))
         targets = ops.take(flat, ops.nonzero(ops.not_equal(flat, PAD_ID))[0], axis=0)
         real, rows = ops.shape(targets)[0], ops.shape(y_pred)[0]
-        targets = ops.concatenate([targets, ops.zeros((rows - real,), dtype="int32")], axis=0)
-        losses = keras.losses.sparse_categorical_crossentropy(targets, y_pred, from_logits=True)
+        losses = keras.losses.sparse_categorical_crossentropy(_zero_pad(targets, rows), y_pred, from_logits=True)
         counted = ops.cast(ops.arange(rows) < real, losses.dtype)
         return ops.sum(losses * counted) / ops.maximum(ops.cast(real, losses.dtype), 1.0)
 

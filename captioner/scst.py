@@ -97,8 +97,8 @@ def policy_step(model, learning_rate: float, vocab_size: int) -> Callable:
     def step(images, inputs, targets, weights):
         real = targets != PAD_ID
         count = int(real.sum())
-        packed_targets = np.zeros(packed_rows(count), dtype=np.int32)  # as many rows as the model's logits;
-        packed_weights = np.zeros(packed_rows(count), dtype=np.float32)  # padding rows weigh 0
+        rows = packed_rows(count)  # as many rows as the model's logits; the padding rows weigh 0
+        packed_targets, packed_weights = np.zeros(rows, dtype=np.int32), np.zeros(rows, dtype=np.float32)
         packed_targets[:count], packed_weights[:count] = targets[real], weights[real]
         return compiled(images, inputs, packed_targets, packed_weights)
 
