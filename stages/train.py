@@ -23,7 +23,8 @@ def main() -> None:
     if "scst_epochs_run" in summary:
         print(
             f"self-critical: {summary['scst_epochs_run']} epochs in {summary['scst_seconds']:.0f} s, greedy val "
-            f"CIDEr-D {summary['scst_start_val_cider']} -> {summary['scst_val_cider']} (kept epoch {summary['scst_best_epoch']})"
+            f"CIDEr-D {summary['scst_start_val_cider']} -> {summary['scst_val_cider']}, BLEU-4 "
+            f"{summary['scst_start_val_bleu4']} -> {summary['scst_val_bleu4']} (kept epoch {summary['scst_best_epoch']})"
         )
     print(f"train stage: {summary['total_seconds']:.0f} s in all")
 

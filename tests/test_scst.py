@@ -78,27 +78,31 @@ def problem(tmp_path_factory):
     return root
 
 
-def test_self_critical_keeps_the_best_val_cider_and_writes_its_summary(problem):
+def test_self_critical_keeps_the_best_val_score_and_writes_its_summary(problem):
     from helpers_model import small_params
     from test_train_eval import train
 
+    weight = 2.0  # selection by val CIDEr-D + 2 x BLEU-4, the reward's mix
     params = small_params("inject", epochs=4, scst_epochs=3, scst_learning_rate=0.003, scst_samples=4,
-                          scst_batch_images=16)
+                          scst_batch_images=16, scst_bleu_weight=weight)
     summary = train(problem, params)
     run = summary["scst_epochs_run"]
     assert 1 <= run <= 3
-    assert len(summary["scst_val_cider"]) == run and len(summary["scst_train_reward"]) == run
+    for key in ("scst_val_cider", "scst_val_bleu4", "scst_train_reward"):
+        assert len(summary[key]) == run
     best = summary["scst_best_epoch"]
-    scores = [summary["scst_start_val_cider"], *summary["scst_val_cider"]]
+    ciders = [summary["scst_start_val_cider"], *summary["scst_val_cider"]]
+    bleus = [summary["scst_start_val_bleu4"], *summary["scst_val_bleu4"]]
+    scores = [c + weight * b for c, b in zip(ciders, bleus)]
     assert scores[best] == max(scores)
-    if run < 3:  # it stopped early only because the last epoch lost val CIDEr-D
+    if run < 3:  # it stopped early only because the last epoch lost val score
         assert scores[-1] <= max(scores[:-1])
     assert json.loads((problem / "metrics/train.json").read_text()) == summary
 
     from captioner.bundle import load_bundle
     from captioner.decode import CaptionDecoder
     from captioner.feature_store import load_features
-    from captioner.scst import image_set, val_cider
+    from captioner.scst import image_set, val_scores
     from captioner.training import load_train_data
 
     data = load_train_data(problem / "data/features", problem / "data/processed", "inject")
@@ -106,8 +110,9 @@ def test_self_critical_keeps_the_best_val_cider_and_writes_its_summary(problem):
     bundle = load_bundle(problem / "models/captioner")
     _, features, _ = load_features(problem / "data/features/features.h5")
     val = image_set(data.val.image_rows, [captions[n] for n in data.image_names])
-    saved = val_cider(CaptionDecoder(bundle.model, bundle.vocab.max_length), features, val, bundle.vocab)
-    assert saved == pytest.approx(max(scores), abs=1e-3)  # the saved bundle holds the kept weights
+    saved = val_scores(CaptionDecoder(bundle.model, bundle.vocab.max_length), features, val, bundle.vocab)
+    assert saved[0] == pytest.approx(ciders[best], abs=1e-3)  # the saved bundle holds the kept weights
+    assert saved[1] == pytest.approx(bleus[best], abs=1e-3)
 
 
 def test_self_critical_stops_at_the_stage_time_cap(problem):
