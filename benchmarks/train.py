@@ -4,9 +4,10 @@ Rows, each measured in a fresh subprocess (peak RSS is per process), all in the 
 - reference: the attention decoder of a previous commit (default e5cb678: additive attention, one image
   row per caption, batches of 64 length-bucketed captions), run from a `git archive` of that commit;
 - today's decoder with each lever added in turn: multi-head dot-product attention, the image side once
-  per image (k captions per image in a batch), bfloat16 mixed precision (the default stops here), then two
-  options: a batch of 320 captions, and a 256-wide layer before the logits (`train.output_units`). (XLA is not a
-  row: on this CPU it made a step about 8x slower, even with one fixed batch shape.)
+  per image (k captions per image in a batch), bfloat16 mixed precision (the default stops here), then
+  options: the default with a 256-wide layer before the logits (`train.output_units`), and a batch of 320
+  captions without and with that layer. (XLA is not a row: on this CPU it made a step about 8x slower,
+  even with one fixed batch shape.)
 Data: synthetic float16 grid features (7x7x1280) and captions with Flickr8k's length profile (6000
 images, 5 captions each, vocabulary 2532), or the pipeline's real outputs with --data ROOT.
 
@@ -37,6 +38,7 @@ VARIANTS: dict[str, tuple[int, int, str, int] | None] = {
     "dot-product attention, 64": (1, 64, "float32", 512),
     "+ image once per 5 captions, 160": (5, 160, "float32", 512),
     "+ bfloat16 (default)": (5, 160, "bfloat16", 512),
+    "default + output layer 256": (5, 160, "bfloat16", 256),
     "+ 320 per batch": (5, 320, "bfloat16", 512),
     "+ output layer 256": (5, 320, "bfloat16", 256),
 }

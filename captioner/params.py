@@ -53,7 +53,6 @@ SETTINGS: dict[str, Field] = {
     "train.scst_learning_rate": number(0.0001, 1e-12, 10),
     "train.scst_samples": integer(5, 2, 1024),
     "train.scst_batch_images": integer(32, 1, 65536),
-    "train.scst_bleu_weight": number(0.0, 0, 100),
     "train.max_minutes": number(40.0, 0.0001, 1e6),
     "train.litert": Field("bool", True),
     "evaluate.split": choice("test", "test", "val", "train"),

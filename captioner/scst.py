@@ -1,10 +1,9 @@
 """Self-critical sequence training (Rennie et al. 2017): fine-tune a decoder on its own sampled captions.
 
 After cross-entropy training, each step draws k captions per image from the model, scores them with
-CIDEr-D (plus `scst_bleu_weight` x smoothed sentence BLEU-4) against that image's references, and raises
-the log-probability of the samples that beat the mean of the other k-1 samples (the baseline) while
-lowering the others. This optimises the sentence-level metric directly instead of next-word likelihood;
-the weights with the best greedy val score (CIDEr-D + the same weight x corpus BLEU-4) are kept.
+CIDEr-D against that image's references, and raises the log-probability of the samples that beat the
+mean of the other k-1 samples (the baseline) while lowering the others. This optimises the sentence-level
+metric directly instead of next-word likelihood; the weights with the best greedy val CIDEr-D are kept.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from captioner.cider import CiderD
-from captioner.sentence_bleu import SentenceBleu
 from captioner.text import PAD_ID, START_ID, Vocabulary
 
 _VAL_CHUNK = 256  # images decoded per read when scoring val
@@ -57,7 +55,7 @@ def policy_batch(samples: np.ndarray, rewards: np.ndarray, k: int) -> tuple[np.n
 
 
 def val_scores(decoder, features: np.ndarray, images: ImageSet, vocab: Vocabulary) -> tuple[float, float]:
-    """Greedy-decoded CIDEr-D (pycocoevalcap) and corpus BLEU-4 (NLTK) of a split's images: model selection."""
+    """Greedy-decoded CIDEr-D (pycocoevalcap; it selects the weights) and corpus BLEU-4 (NLTK) of a split's images."""
     from captioner.metrics import cider_d, corpus_bleu_scores
 
     hyps = []
@@ -120,37 +118,27 @@ def self_critical(
 ) -> dict[str, Any]:
     """Fine-tune `model` in place for `params['scst_epochs']` epochs, or until the stage's time `cap` passes.
 
-    The reward is CIDEr-D + `scst_bleu_weight` x sentence BLEU-4; the val score that selects the weights is
-    greedy CIDEr-D + the same weight x corpus BLEU-4. Sampling, greedy val scoring and the policy step run in
-    the model's own precision (bfloat16 too). Stops after the first epoch that does not raise the val score,
-    keeps the weights with the best (the cross-entropy weights if no epoch beats them) and returns a summary
-    for metrics/train.json.
+    Sampling, greedy val scoring and the policy step run in the model's own precision (bfloat16 too).
+    Stops after the first epoch that does not raise greedy val CIDEr-D, keeps the weights with the best
+    (the cross-entropy weights if no epoch beats them) and returns a summary for metrics/train.json, with
+    every epoch's val CIDEr-D and BLEU-4.
     """
     from captioner.decode import CaptionDecoder
 
     k, batch_images = int(params["scst_samples"]), int(params["scst_batch_images"])
     rng = np.random.default_rng(seed)
     decoder = CaptionDecoder(model, vocab.max_length, compiled=False)  # sample/greedy use their own graph
-    cider = CiderD(train.references)
-    bleu_weight = float(params["scst_bleu_weight"])
-    bleu = SentenceBleu(train.references)
+    reward = CiderD(train.references)
     step = policy_step(model, params["scst_learning_rate"], len(vocab))
     start = time.monotonic()
 
-    def reward(indices: np.ndarray, captions: list[str]) -> np.ndarray:
-        scores = cider.scores(indices, captions)
-        return scores + bleu_weight * bleu.scores(indices, captions) if bleu_weight else scores
+    def score_val() -> tuple[float, float]:
+        """(CIDEr-D, BLEU-4) of greedy val captions."""
+        return val_scores(decoder, features, val, vocab) if len(val.rows) else (float("nan"), float("nan"))
 
-    def score_val() -> tuple[float, float, float]:
-        """(selection score, CIDEr-D, BLEU-4) of greedy val captions."""
-        if not len(val.rows):
-            return float("nan"), float("nan"), float("nan")
-        cider_val, bleu_val = val_scores(decoder, features, val, vocab)
-        return cider_val + bleu_weight * bleu_val, cider_val, bleu_val
-
-    score, cider_val, bleu_val = score_val()
+    score, bleu_val = score_val()
     history = {
-        "start_val_cider": round(cider_val, 4), "start_val_bleu4": round(bleu_val, 4),
+        "start_val_cider": round(score, 4), "start_val_bleu4": round(bleu_val, 4),
         "val_cider": [], "val_bleu4": [], "train_reward": [], "sample_words": [],
     }
     best, best_weights, best_epoch, epochs_run = score, model.get_weights(), 0, 0
@@ -164,7 +152,7 @@ def self_critical(
             images = np.asarray(features[train.rows[local]], dtype=np.float32)
             samples = decoder.sample(images, k, rng)
             captions = [vocab.decode(row) for row in samples]
-            rewards = reward(np.repeat(local, k), captions)
+            rewards = reward.scores(np.repeat(local, k), captions)
             rewards_seen.append(float(rewards.mean()))
             words_seen.append(float(np.mean([len(c.split()) for c in captions])))
             inputs, targets, weights = policy_batch(samples, rewards, k)
@@ -172,19 +160,19 @@ def self_critical(
         if not rewards_seen:
             break
         epochs_run = epoch + 1
-        score, cider_val, bleu_val = score_val()
-        history["val_cider"].append(round(cider_val, 4))
+        score, bleu_val = score_val()
+        history["val_cider"].append(round(score, 4))
         history["val_bleu4"].append(round(bleu_val, 4))
         history["train_reward"].append(round(float(np.mean(rewards_seen)), 4))
         history["sample_words"].append(round(float(np.mean(words_seen)), 2))
         log(
-            f"self-critical epoch {epoch + 1}: mean sample reward {np.mean(rewards_seen):.3f}, "
-            f"{np.mean(words_seen):.1f} words, val CIDEr-D {cider_val:.3f}, BLEU-4 {bleu_val:.3f}"
+            f"self-critical epoch {epoch + 1}: mean sample CIDEr-D {np.mean(rewards_seen):.3f}, "
+            f"{np.mean(words_seen):.1f} words, val CIDEr-D {score:.3f}, BLEU-4 {bleu_val:.3f}"
         )
         if not score <= best:  # also takes the first epoch when there is no val split (nan)
             best, best_weights, best_epoch = score, model.get_weights(), epoch + 1
-        elif not math.isnan(score):  # an epoch that loses val score: later ones only drifted further (measured)
-            log(f"self-critical: the val score fell below its best {best:.3f}; stopping")
+        elif not math.isnan(score):  # an epoch that loses val CIDEr-D: later ones only drifted further (measured)
+            log(f"self-critical: val CIDEr-D fell below its best {best:.3f}; stopping")
             break
         if cap.passed():
             break

@@ -80,7 +80,7 @@ def small_params(decoder: str = "merge", **train) -> dict:
             "decoder": decoder, "embedding_dim": 16, "units": 32, "output_units": 32, "dropout": 0.1, "attention_heads": 2,
             "batch_size": 16, "captions_per_image": 1, "precision": "float32", "devices": 1, "epochs": 12, "learning_rate": 0.01,
             "patience": 3, "max_minutes": 5, "scst_epochs": 0, "scst_learning_rate": 0.001, "scst_samples": 4,
-            "scst_batch_images": 16, "scst_bleu_weight": 0.0, "litert": False, **train,
+            "scst_batch_images": 16, "litert": False, **train,
         },
         "evaluate": {"split": "test", "beam_size": 3, "figure_images": 4},
     }
