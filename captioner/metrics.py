@@ -16,8 +16,10 @@ def tokens(caption: str) -> list[str]:
     return clean_caption(kept).split()
 
 
-def corpus_bleu_scores(references: Sequence[Sequence[str]], hypotheses: Sequence[str]) -> dict[str, float]:
-    """BLEU-1..4 over the corpus: uniform weights 1/n, all references per image, no smoothing (0-1 scale)."""
+def corpus_bleu_scores(
+    references: Sequence[Sequence[str]], hypotheses: Sequence[str], orders: Sequence[int] = (1, 2, 3, 4)
+) -> dict[str, float]:
+    """Corpus BLEU-n for each n in `orders`: uniform weights 1/n, all references per image, no smoothing (0-1 scale)."""
     from nltk.translate.bleu_score import corpus_bleu
 
     if len(references) != len(hypotheses):
@@ -27,7 +29,7 @@ def corpus_bleu_scores(references: Sequence[Sequence[str]], hypotheses: Sequence
     scores = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # NLTK warns when a higher-order n-gram has no match (score 0)
-        for n in range(1, 5):
+        for n in orders:
             scores[f"bleu{n}"] = float(corpus_bleu(refs, hyps, weights=tuple([1.0 / n] * n)))
     return scores
 

@@ -62,7 +62,7 @@ def val_scores(decoder, features: np.ndarray, images: ImageSet, vocab: Vocabular
     for first in range(0, len(images.rows), _VAL_CHUNK):  # rows read per chunk, never the whole split at once
         chunk = np.asarray(features[images.rows[first : first + _VAL_CHUNK]], dtype=np.float32)
         hyps.extend(vocab.decode(ids) for ids in decoder.greedy(chunk))
-    return cider_d(images.references, hyps), corpus_bleu_scores(images.references, hyps)["bleu4"]
+    return cider_d(images.references, hyps), corpus_bleu_scores(images.references, hyps, orders=(4,))["bleu4"]
 
 
 def policy_step(model, learning_rate: float, vocab_size: int) -> Callable:
