@@ -88,6 +88,12 @@ def load(data_root: str | None):
 
 def measure(data, variant: tuple[int, int, str, int] | None, batches: int) -> dict:
     """Time `batches` training steps of the attention decoder with the library on sys.path (after warm-up)."""
+    seen, seconds = timed_steps(*build(data, variant), 8, batches)
+    return {"captions": seen, "seconds": seconds}
+
+
+def build(data, variant: tuple[int, int, str, int] | None):
+    """(compiled attention decoder, training dataset) of a row, as the train stage builds them."""
     import keras
 
     from captioner import model as m
@@ -111,8 +117,7 @@ def measure(data, variant: tuple[int, int, str, int] | None, batches: int) -> di
         model = m.build_decoder(spec, keras_policy(precision))
         model.compile(keras.optimizers.Adam(1e-3), loss=m.caption_loss(), jit_compile=False)
         ds = make_dataset(data.features, data.train, batch_size, seed=0, captions_per_image=per_image)
-    seen, seconds = timed_steps(model, ds, 8, batches)
-    return {"captions": seen, "seconds": seconds}
+    return model, ds
 
 
 def timed_steps(model, dataset, warmup: int, batches: int) -> tuple[int, float]:
