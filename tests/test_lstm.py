@@ -1,7 +1,5 @@
 """FusedLSTM computes Keras' LSTM exactly (outputs and every gradient), with and without a per-row constant input."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -91,27 +89,3 @@ def test_a_compiled_step_takes_any_length_and_bfloat16_stays_close():
         assert seq.shape == (N, length, U) and grad.shape == (D + G, 4 * U)
         expected, _, _ = exact(x[:, :length], initial_state=[h0, c0], constant=constant)
         np.testing.assert_allclose(seq.numpy(), expected.numpy(), atol=0.05)
-
-
-def test_a_decoder_saved_with_keras_lstm_still_computes_decodes_and_exports():
-    """tests/data/attention_keras_lstm.keras: a tiny attention decoder saved by commit 250c2b7 (Keras' LSTM fed the
-    words joined with the image vector), with its packed logits for the stored image and tokens."""
-    from captioner.litert import litert_bytes
-    from captioner.model import load_decoder, step_models
-
-    data = Path(__file__).parent / "data"
-    model = load_decoder(data / "attention_keras_lstm.keras")
-    expected = np.load(data / "attention_keras_lstm_expected.npz")
-    assert isinstance(model.get_layer("lstm"), keras.layers.LSTM)
-    logits = model.predict([expected["image"], expected["tokens"]], verbose=0)
-    np.testing.assert_allclose(logits[: len(expected["logits"])], expected["logits"], atol=1e-5)
-
-    steps = step_models(model)  # the decoding graphs of an old model join the words and the image vector too
-    h, c, *context = steps.init.predict(expected["image"], verbose=0)
-    log_probs = steps.step.predict([expected["tokens"][:, :1], h, c, *context], verbose=0)[0]
-    first_words = expected["logits"][[0, expected["tokens"].shape[1]]]  # packed rows of each caption's first word
-    np.testing.assert_allclose(np.asarray(log_probs), np.asarray(tf.nn.log_softmax(first_words)), atol=1e-5)
-
-    encoder = keras.Sequential([keras.Input((4, 6, 3)), keras.layers.Conv2D(20, 2, strides=2)])
-    assert litert_bytes(encoder, model)[4:8] == b"TFL3"  # a flatbuffer, with the LSTM unrolled for its one step
-    assert model.get_layer("lstm").unroll is False
