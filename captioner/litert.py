@@ -29,7 +29,7 @@ def litert_bytes(encoder, model) -> bytes:
     """The `.tflite` flatbuffer of an encoder (Keras model: images -> features) and a training model's decoding graphs.
 
     The same models give the same bytes in a fresh process (the bundle is hashed by DVC); the step graph's LSTM
-    runs its one time step without a loop, which the converter's builtin ops need.
+    is unrolled for its one time step, which the converter's builtin ops need.
     """
     import keras
     import tensorflow as tf
@@ -37,9 +37,7 @@ def litert_bytes(encoder, model) -> bytes:
     from captioner.model import step_models
 
     lstm = model.get_layer("lstm")
-    unrolled = isinstance(lstm, keras.layers.LSTM)  # a model saved before FusedLSTM, which has no loop for one word
-    if unrolled:
-        lstm.unroll = True
+    lstm.unroll = True
     try:
         models = step_models(model)
         archive = keras.export.ExportArchive()
@@ -55,8 +53,7 @@ def litert_bytes(encoder, model) -> bytes:
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
             return converter.convert()
     finally:
-        if unrolled:
-            lstm.unroll = False
+        lstm.unroll = False
 
 
 def _input_name(tensor) -> str:

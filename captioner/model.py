@@ -22,7 +22,6 @@ import numpy as np
 from keras import layers, ops
 
 from captioner.errors import CaptionerError
-from captioner.lstm import FusedLSTM
 from captioner.text import END_ID, PAD_ID
 
 DECODERS = ("merge", "inject", "attention")
@@ -203,7 +202,7 @@ def _make_layers(spec: DecoderSpec, dtype: str) -> dict[str, layers.Layer]:
         "embedding": layers.Embedding(v, e, name="embedding", dtype=dtype),
         "embedding_dropout": layers.Dropout(p, name="embedding_dropout", dtype=dtype),
         "image_dropout": layers.Dropout(p, name="image_dropout", dtype=dtype),
-        "lstm": FusedLSTM(u, name="lstm", dtype=dtype),
+        "lstm": layers.LSTM(u, return_sequences=True, return_state=True, name="lstm", dtype=dtype),
         "output_dropout": layers.Dropout(p, name="output_dropout", dtype=dtype),
         "logits": layers.Dense(v, name="logits", dtype=dtype),
         "logits_float32": layers.Activation("linear", name="logits_float32", dtype="float32"),
@@ -227,6 +226,7 @@ def _make_layers(spec: DecoderSpec, dtype: str) -> dict[str, layers.Layer]:
         made["global_proj"] = layers.Dense(e, activation="relu", name="global_proj", dtype=dtype)
         made["init_h"] = layers.Dense(u, activation="tanh", name="init_h", dtype=dtype)
         made["init_c"] = layers.Dense(u, activation="tanh", name="init_c", dtype=dtype)
+        made["word_image"] = JoinVector("concat", name="word_image", dtype=dtype)
         made["attend"] = GridAttention(spec.heads, name="attend", dtype=dtype)
         made["merge"] = layers.Add(name="merge", dtype=dtype)
         made["hidden"] = layers.Dense(out_u, activation="relu", name="hidden", dtype=dtype)
@@ -258,12 +258,9 @@ def _decode(kind: str, lay: dict, tokens, h0, c0, context):
     T is the whole caption (training) or 1 (a decoding step); `_logits` turns the features into logits.
     """
     words = lay["embedding_dropout"](lay["embedding"](tokens))
-    if kind != "attention":
-        seq, h, c = lay["lstm"](words, initial_state=[h0, c0])
-    elif "word_image" in lay:  # a model saved before FusedLSTM: Keras' LSTM over words + image vector
-        seq, h, c = lay["lstm"](lay["word_image"]([words, context[2]]), initial_state=[h0, c0])
-    else:  # the image vector joins every word's input, projected once per caption
-        seq, h, c = lay["lstm"](words, initial_state=[h0, c0], constant=context[2])
+    if kind == "attention":
+        words = lay["word_image"]([words, context[2]])
+    seq, h, c = lay["lstm"](words, initial_state=[h0, c0])
     alpha = None
     if kind == "merge":
         out = lay["hidden"](lay["merge"]([seq, context[0]]))
