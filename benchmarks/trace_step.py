@@ -57,7 +57,7 @@ def part_of(op: str) -> str | None:
 def op_kind(op: str) -> str:
     """An op's type (MatMul, Cast, ...) from its trace name `scope/name:Type`."""
     kind = op.rsplit(":", 1)[-1]
-    return kind.removeprefix("_Mkl").removeprefix("MklNative")
+    return re.sub(r"^_Mkl(Native)?", "", kind)  # oneDNN's variants (_MklMatMul, _MklNativeFusedMatMul) by their op
 
 
 def trace(model, dataset, batches: int, logdir: str) -> float:
