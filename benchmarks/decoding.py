@@ -17,12 +17,12 @@ ALPHAS = (0.0, 0.5, 1.0, 1.5)
 
 
 def main() -> None:
-    from captioner.api import Captioner
-    from captioner.bundle import load_bundle
-    from captioner.corpus import read_captions
+    from captioner.serving.api import Captioner
+    from captioner.model.bundle import load_bundle
+    from captioner.data.corpus import read_captions
     from captioner.evaluation import split_images
-    from captioner.feature_store import FEATURES_FILE, FeatureReader
-    from captioner.metrics import caption_scores
+    from captioner.vision.feature_store import FEATURES_FILE, FeatureReader
+    from captioner.model.metrics import caption_scores
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundles", nargs="+", help="model bundle folders (models/captioner)")

@@ -13,7 +13,7 @@ Table 1, raw reads: random batches of 64 rows,
   `--in-memory-max` images, because 120k images need 15 GB of RAM.
 
 Table 2, training: the default attention decoder built and compiled as the train stage builds it (the
-`train` defaults of `captioner.params`: `decoder_spec`, precision `auto` resolved, Adam, `caption_loss`, op
+`train` defaults of `captioner.core.params`: `decoder_spec`, precision `auto` resolved, Adam, `caption_loss`, op
 determinism) and fed by `make_dataset` with the default batch of 160 captions = 32 images x 5 captions,
 so each batch reads 32 whole image rows. Captions are synthetic like Flickr8k's (5 per image, vocabulary
 2532, Flickr8k's caption lengths: `benchmarks/train.py`), for every image of the file, so the caption
@@ -52,8 +52,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from captioner.feature_store import FeatureReader, load_features, write_features  # noqa: E402
-from captioner.params import DEFAULTS  # noqa: E402
+from captioner.vision.feature_store import FeatureReader, load_features, write_features  # noqa: E402
+from captioner.core.params import DEFAULTS  # noqa: E402
 
 SHAPE = (7, 7, 1280)
 BATCH = 64
@@ -126,9 +126,9 @@ def train_child(mode: str, path: Path, warmup: int, batches: int) -> dict:
     import tensorflow as tf
 
     from benchmarks.train import synthetic_captions, timed_steps
-    from captioner.model import build_decoder, caption_loss
-    from captioner.precision import keras_policy, resolve_precision
-    from captioner.training import decoder_spec, make_dataset
+    from captioner.model.decoders import build_decoder, caption_loss
+    from captioner.core.precision import keras_policy, resolve_precision
+    from captioner.model.training import decoder_spec, make_dataset
 
     p, seed = DEFAULTS["train"], DEFAULTS["seed"]
     keras.utils.set_random_seed(seed)

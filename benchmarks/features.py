@@ -27,8 +27,8 @@ import psutil
 import tensorflow as tf
 from PIL import Image
 
-from captioner.encoders import build_encoder, get_spec
-from captioner.features import encode_images
+from captioner.vision.encoders import build_encoder, get_spec
+from captioner.vision.features import encode_images
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = ROOT.parent / "shared" / "flickr8k" / "Images"

@@ -39,11 +39,11 @@ def stand_in_bundle(directory: Path) -> Path:
     An untrained decoder never says <end>, so its captions are capped at 13 words: a trained Flickr8k
     model's beams end after about 12, and each word is one decoding step.
     """
-    from captioner.bundle import make_config, save_bundle
-    from captioner.encoders import build_encoder
-    from captioner.model import DecoderSpec, build_decoder
-    from captioner.params import DEFAULTS
-    from captioner.text import RESERVED, Vocabulary
+    from captioner.model.bundle import make_config, save_bundle
+    from captioner.vision.encoders import build_encoder
+    from captioner.model.decoders import DecoderSpec, build_decoder
+    from captioner.core.params import DEFAULTS
+    from captioner.data.text import RESERVED, Vocabulary
 
     p = DEFAULTS["train"]
     grid = (7, 7, 1280)
@@ -179,8 +179,8 @@ def main() -> None:
     folder_paths = sorted(Path(args.folder).resolve().iterdir())[: args.images] if args.folder else default_photos(tmp, args.images)
     photo = Path(args.photo).resolve() if args.photo else (sorted((SHARED / "photos").glob("*.jpg")) or folder_paths)[0]
 
-    from captioner.api import Captioner
-    from captioner.litert import LITERT_FILE
+    from captioner.serving.api import Captioner
+    from captioner.model.litert import LITERT_FILE
 
     if not (model / LITERT_FILE).is_file():
         sys.exit(f"{model}: no {LITERT_FILE} (a bundle from before LiteRT export): retrain, or time a stand-in bundle")

@@ -2,9 +2,9 @@
 
 The training model packs the logits of real target tokens only, so their row count P changes from batch
 to batch. oneDNN compiles a bfloat16 matmul per shape it meets and keeps it (with reordered weights) in
-a cache, so one new P per step grew the process by about a megabyte a step. `captioner.model.packed_rows`
+a cache, so one new P per step grew the process by about a megabyte a step. `captioner.model.decoders.packed_rows`
 rounds P up to a multiple of `PACK_ROWS`, so batches share a few shapes. This script trains the default
-attention decoder (`train` defaults of `captioner.params`, Flickr8k's vocabulary size and grid) on
+attention decoder (`train` defaults of `captioner.core.params`, Flickr8k's vocabulary size and grid) on
 synthetic batches of 160 captions of one fixed width whose real lengths are random, so only P changes,
 with `PACK_ROWS` = 1 (exact rows, the previous behaviour) and the default, in float32 and bfloat16.
 Each row runs in a fresh process; RSS is read after the warm-up batches and after the measured ones.
@@ -34,11 +34,11 @@ def measure(precision: str, pack_rows: int, warmup: int, batches: int) -> dict:
     import keras
     import numpy as np
 
-    import captioner.model as m
-    from captioner.params import DEFAULTS
-    from captioner.precision import keras_policy
-    from captioner.text import END_ID, START_ID
-    from captioner.training import decoder_spec
+    import captioner.model.decoders as m
+    from captioner.core.params import DEFAULTS
+    from captioner.core.precision import keras_policy
+    from captioner.data.text import END_ID, START_ID
+    from captioner.model.training import decoder_spec
 
     m.PACK_ROWS = pack_rows
     params = DEFAULTS["train"]
@@ -79,7 +79,7 @@ def main() -> None:
         result = measure(args.one[0], int(args.one[1]), args.warmup, args.batches)
         print(json.dumps(result))
         return
-    from captioner.model import PACK_ROWS
+    from captioner.model.decoders import PACK_ROWS
 
     rows = []
     for precision in ("bfloat16", "float32"):

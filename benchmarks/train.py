@@ -50,8 +50,8 @@ def synthetic_captions(n_images: int, rng: np.random.Generator):
     Caption lengths follow Flickr8k's (mean ~12 tokens with <start> and <end>); words are uniform over the
     vocabulary of VOCAB tokens. Image i owns captions 5i..5i+4, so the caption set indexes feature rows 0..n-1.
     """
-    from captioner.text import END_ID, PAD_ID, START_ID, Vocabulary
-    from captioner.training import CaptionSet
+    from captioner.data.text import END_ID, PAD_ID, START_ID, Vocabulary
+    from captioner.model.training import CaptionSet
 
     n_captions = n_images * PER_IMAGE
     words = np.clip(rng.normal(10.8, 3.8, n_captions).round(), 1, MAX_LENGTH - 2).astype(int)
@@ -66,7 +66,7 @@ def synthetic_captions(n_images: int, rng: np.random.Generator):
 
 def synthetic(seed: int = 0):
     """Random float16 grid features for N_IMAGES images, each with PER_IMAGE synthetic captions."""
-    from captioner.training import CaptionSet, TrainData
+    from captioner.model.training import CaptionSet, TrainData
 
     rng = np.random.default_rng(seed)
     features = rng.random((N_IMAGES, *GRID), dtype=np.float32).astype(np.float16)
@@ -80,7 +80,7 @@ def load(data_root: str | None):
     """The benchmark's training data: synthetic, or a pipeline's real outputs under `data_root`."""
     if data_root is None:
         return synthetic()
-    from captioner.training import load_train_data
+    from captioner.model.training import load_train_data
 
     root = Path(data_root)
     return load_train_data(root / "data/features", root / "data/processed", "attention")
@@ -97,8 +97,8 @@ def build(data, variant: tuple[int, int, str, int] | None):
     import keras
 
     from captioner import model as m
-    from captioner.params import DEFAULTS
-    from captioner.training import make_dataset
+    from captioner.core.params import DEFAULTS
+    from captioner.model.training import make_dataset
 
     p = DEFAULTS["train"]
     keras.utils.set_random_seed(0)
@@ -109,7 +109,7 @@ def build(data, variant: tuple[int, int, str, int] | None):
         model.compile(keras.optimizers.Adam(1e-3), loss=m.masked_loss)
         ds = make_dataset(data.features, data.train, 64, seed=0)
     else:
-        from captioner.precision import keras_policy
+        from captioner.core.precision import keras_policy
 
         per_image, batch_size, precision, output_units = variant
         spec = m.DecoderSpec("attention", len(data.vocab), shape, p["embedding_dim"], p["units"], p["dropout"],

@@ -1,7 +1,7 @@
 """The `captioner` command: `captioner predict IMAGE... [--explain OUT_DIR]` and `captioner serve`.
 
 Arguments are parsed and the bundle's config read before TensorFlow is imported, so usage errors are
-instant; then everything goes through the Python API (`captioner.api.Captioner`).
+instant; then everything goes through the Python API (`captioner.serving.api.Captioner`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from captioner.api import RUNTIMES
-from captioner.errors import CaptionerError
+from captioner.serving.api import RUNTIMES
+from captioner.core.errors import CaptionerError
 
 if TYPE_CHECKING:
-    from captioner.api import Caption, Captioner
+    from captioner.serving.api import Caption, Captioner
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 EAGER_MAX_IMAGES = 4  # up to this many images, running the models eagerly beats tracing their graphs
@@ -69,11 +69,11 @@ def expand_inputs(args: Sequence[str]) -> tuple[list[Path], dict[str, str]]:
 
 def load_captioner(model_dir: str, compiled: bool = True, runtime: str = "auto") -> Captioner:
     """The bundle's Captioner; TensorFlow's C++ start-up lines are kept off the terminal (LiteRT needs no TensorFlow)."""
-    from captioner.api import Captioner
+    from captioner.serving.api import Captioner
 
     captioner = Captioner.load(model_dir, compiled=compiled, runtime=runtime)
     if captioner.lite is None:
-        from captioner.native_logs import quiet_native_stderr
+        from captioner.core.native_logs import quiet_native_stderr
 
         with quiet_native_stderr():
             import tensorflow as tf
@@ -90,7 +90,7 @@ def _skip_unused_imports() -> None:
 
 def write_explanations(out_dir: Path, paths: list[Path], results: dict[int, Caption]) -> dict[int, str]:
     """One figure per captioned image into `out_dir`; returns {index: why its figure failed}."""
-    from captioner.explain import explanation_figure, explanation_paths, load_photo, save_figure
+    from captioner.serving.explain import explanation_figure, explanation_paths, load_photo, save_figure
 
     failed: dict[int, str] = {}
     for i, target in enumerate(explanation_paths(paths, out_dir)):
@@ -104,7 +104,7 @@ def write_explanations(out_dir: Path, paths: list[Path], results: dict[int, Capt
 
 def run_predict(args: argparse.Namespace) -> int:
     """Caption the images; print results on stdout and one error line per bad image on stderr. Exit status."""
-    from captioner.bundle import read_config
+    from captioner.model.bundle import read_config
 
     read_config(args.model)  # a missing or broken bundle fails before any image work
     if args.batch_size < 1:
@@ -136,12 +136,12 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Serve the web page and the JSON API until interrupted."""
-    from captioner.bundle import read_config
+    from captioner.model.bundle import read_config
 
     read_config(args.model)
     if not 0 < args.port < 65536:
         raise CaptionerError(f"--port must be 1-65535, got {args.port}")
-    from captioner.server import serve
+    from captioner.serving.server import serve
 
     serve(load_captioner(args.model, runtime=args.runtime), args.host, args.port)
     return 0
@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     Run from the command line (argv None), it ends with os._exit once output is flushed: TensorFlow's
     interpreter teardown costs about a second and there is nothing left to clean up.
     """
-    from captioner.stage import run_main
+    from captioner.core.stage import run_main
 
     args = build_parser().parse_args(argv)
     if argv is None:  # a process of its own: nothing else will want IPython or pyplot

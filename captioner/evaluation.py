@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from captioner.atomic import write_json, write_text
-from captioner.corpus import read_captions, read_splits
-from captioner.datasets.raw import SPLITS
-from captioner.errors import CaptionerError
-from captioner.feature_store import FEATURES_FILE, FeatureReader
+from captioner.core.atomic import write_json, write_text
+from captioner.data.corpus import read_captions, read_splits
+from captioner.data.datasets.raw import SPLITS
+from captioner.core.errors import CaptionerError
+from captioner.vision.feature_store import FEATURES_FILE, FeatureReader
 
 if TYPE_CHECKING:
-    from captioner.api import Caption
+    from captioner.serving.api import Caption
 
 ATTENTION_SAMPLES = 3
 _READ_CHUNK = 1000  # images whose feature rows are read and captioned at a time
@@ -63,7 +63,7 @@ def sample_figure(
     """
     from matplotlib.figure import Figure
 
-    from captioner.explain import draw_explanation, save_figure
+    from captioner.serving.explain import draw_explanation, save_figure
 
     count = min(count, len(rows))
     if count <= 0:
@@ -95,7 +95,7 @@ def sample_figure(
 
 def _photo(path: Path):
     """The photo upright for a figure, or None if it cannot be read."""
-    from captioner.explain import load_photo
+    from captioner.serving.explain import load_photo
 
     try:
         return load_photo(path)
@@ -113,9 +113,9 @@ def run_evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """The evaluate stage; returns the metrics written to metrics/eval.json."""
-    from captioner.api import Captioner
-    from captioner.bundle import load_bundle
-    from captioner.metrics import caption_scores
+    from captioner.serving.api import Captioner
+    from captioner.model.bundle import load_bundle
+    from captioner.model.metrics import caption_scores
 
     cfg = params["evaluate"]
     split, beam_size = cfg["split"], int(cfg["beam_size"])

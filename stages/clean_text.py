@@ -1,9 +1,9 @@
 """DVC stage `clean_text`: data/raw/captions.csv -> data/processed/captions.json (cleaned captions per image)."""
 
-from captioner.atomic import write_json
-from captioner.corpus import clean_captions
-from captioner.params import load_params
-from captioner.stage import run_main, stage_args
+from captioner.core.atomic import write_json
+from captioner.data.corpus import clean_captions
+from captioner.core.params import load_params
+from captioner.core.stage import run_main, stage_args
 
 
 def main() -> None:

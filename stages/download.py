@@ -1,8 +1,8 @@
 """DVC stage `download`: turn the configured source (sample, folder, archive, kaggle) into data/raw/."""
 
-from captioner.datasets import prepare_raw
-from captioner.params import load_params
-from captioner.stage import run_main, stage_args
+from captioner.data.datasets import prepare_raw
+from captioner.core.params import load_params
+from captioner.core.stage import run_main, stage_args
 
 
 def main() -> None:

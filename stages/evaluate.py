@@ -1,8 +1,8 @@
 """DVC stage `evaluate`: caption the evaluation split, score BLEU-1..4 and CIDEr-D, write predictions and a figure."""
 
 from captioner.evaluation import run_evaluate
-from captioner.params import load_params
-from captioner.stage import run_main, stage_args
+from captioner.core.params import load_params
+from captioner.core.stage import run_main, stage_args
 
 
 def main() -> None:

@@ -2,9 +2,9 @@
 
 import tensorflow as tf
 
-from captioner.features import run_extraction
-from captioner.params import load_params
-from captioner.stage import run_main, stage_args
+from captioner.vision.features import run_extraction
+from captioner.core.params import load_params
+from captioner.core.stage import run_main, stage_args
 
 
 def main() -> None:

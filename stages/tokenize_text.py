@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from captioner.atomic import atomic_path, write_json
-from captioner.corpus import read_captions, read_splits, tokenize
-from captioner.params import load_params
-from captioner.stage import run_main, stage_args
+from captioner.core.atomic import atomic_path, write_json
+from captioner.data.corpus import read_captions, read_splits, tokenize
+from captioner.core.params import load_params
+from captioner.core.stage import run_main, stage_args
 
 
 def main() -> None:

@@ -2,9 +2,9 @@
 
 import sys
 
-from captioner.params import load_params, warn_useless
-from captioner.stage import run_main, stage_args
-from captioner.training import run_train
+from captioner.core.params import load_params, warn_useless
+from captioner.core.stage import run_main, stage_args
+from captioner.model.training import run_train
 
 
 def main() -> None:

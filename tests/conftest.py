@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner.datasets.flickr8k import official_splits
+from captioner.data.datasets.flickr8k import official_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("captioner", "stages", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvc", ".dvcignore", ".gitignore")

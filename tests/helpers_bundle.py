@@ -16,10 +16,10 @@ def make_bundle(path: Path, kind: str = "attention", weights: str = "imagenet", 
     """
     import keras
 
-    from captioner.bundle import make_config, save_bundle
-    from captioner.encoders import build_encoder
-    from captioner.model import DecoderSpec, build_decoder
-    from captioner.text import END_ID, Vocabulary
+    from captioner.model.bundle import make_config, save_bundle
+    from captioner.vision.encoders import build_encoder
+    from captioner.model.decoders import DecoderSpec, build_decoder
+    from captioner.data.text import END_ID, Vocabulary
 
     keras.utils.set_random_seed(0)
     vocab = Vocabulary.build(["a red circle on grass", "a blue square on a white table"], min_count=1,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from captioner.feature_store import save_features
-from captioner.text import Vocabulary
+from captioner.vision.feature_store import save_features
+from captioner.data.text import Vocabulary
 
 COLOURS = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle")

@@ -11,7 +11,7 @@ pytest.importorskip("keras")
 
 from helpers_bundle import make_bundle, make_photo  # noqa: E402
 
-from captioner.errors import CaptionerError  # noqa: E402
+from captioner.core.errors import CaptionerError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_runtime_choice_errors_are_one_line(bundle_dir, tmp_path):
     import shutil
 
     from captioner import Captioner
-    from captioner.litert import LITERT_FILE
+    from captioner.model.litert import LITERT_FILE
 
     plain = make_bundle(tmp_path / "plain")
     assert Captioner.load(plain).describe()["runtime"] == "keras"  # auto: no LiteRT file, Keras
@@ -120,9 +120,9 @@ def test_runtime_choice_errors_are_one_line(bundle_dir, tmp_path):
 def test_litert_export_is_reproducible(bundle_dir):
     import keras
 
-    from captioner.bundle import load_bundle
-    from captioner.encoders import build_encoder
-    from captioner.litert import LITERT_FILE, litert_bytes
+    from captioner.model.bundle import load_bundle
+    from captioner.vision.encoders import build_encoder
+    from captioner.model.litert import LITERT_FILE, litert_bytes
 
     bundle = load_bundle(bundle_dir)
     encoder = build_encoder("efficientnet_lite0", "imagenet", "grid")
@@ -161,5 +161,5 @@ def test_decoder_without_attention_has_no_maps(tmp_path, photos):
 
 def test_import_captioner_stays_light():
     code = ("import sys, captioner; assert 'tensorflow' not in sys.modules; "
-            "from captioner import Captioner; assert Captioner.__module__ == 'captioner.api'")
+            "from captioner import Captioner; assert Captioner.__module__ == 'captioner.serving.api'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from captioner.atomic import atomic_dir, atomic_path, remove_stale, scratch_dir, stale_temps, write_json
-from captioner.errors import CaptionerError
+from captioner.core.atomic import atomic_dir, atomic_path, remove_stale, scratch_dir, stale_temps, write_json
+from captioner.core.errors import CaptionerError
 
 
 @pytest.fixture

@@ -41,8 +41,8 @@ def test_page_captions_an_uploaded_photo_with_heatmaps(tmp_path):
     browser_path = find_browser()
     from playwright.sync_api import sync_playwright
 
-    from captioner.api import Captioner
-    from captioner.server import create_app, warm_up
+    from captioner.serving.api import Captioner
+    from captioner.serving.server import create_app, warm_up
 
     captioner = Captioner.load(make_bundle(tmp_path / "captioner", litert=True))
     warm_up(captioner)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captioner.bundle import load_bundle, make_config, read_config
-from captioner.errors import CaptionerError
-from captioner.text import Vocabulary
+from captioner.model.bundle import load_bundle, make_config, read_config
+from captioner.core.errors import CaptionerError
+from captioner.data.text import Vocabulary
 
 WORDS = [f"w{i}" for i in range(996)]
 
@@ -103,7 +103,7 @@ def test_corrupt_decoder_is_one_line_naming_the_file(tmp_path):
 def trained_model():
     """A small merge decoder after one optimizer step (so Adam has state to leave out)."""
     keras = pytest.importorskip("keras")
-    from captioner.model import DecoderSpec, build_decoder, caption_loss
+    from captioner.model.decoders import DecoderSpec, build_decoder, caption_loss
 
     keras.utils.set_random_seed(0)
     vocab = Vocabulary(("<pad>", "<unk>", "<start>", "<end>", *WORDS), 10)
@@ -118,7 +118,7 @@ def trained_model():
 def test_bundle_is_reproducible_small_and_loads_safely(tmp_path, trained_model):
     import h5py
 
-    from captioner.bundle import save_bundle
+    from captioner.model.bundle import save_bundle
 
     model, vocab = trained_model
     config = write_bundle_files(tmp_path / "ref", vocab)

@@ -16,9 +16,9 @@ from captioner.cli import main  # noqa: E402
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     """A tiny untrained bundle on a random-weight efficientnet_lite0 encoder (no downloads)."""
-    from captioner.bundle import make_config, save_bundle
-    from captioner.model import DecoderSpec, build_decoder
-    from captioner.text import Vocabulary
+    from captioner.model.bundle import make_config, save_bundle
+    from captioner.model.decoders import DecoderSpec, build_decoder
+    from captioner.data.text import Vocabulary
 
     vocab = Vocabulary.build(["a red circle", "a blue square on grass"], min_count=1, max_length_percentile=100)
     model = build_decoder(DecoderSpec("merge", len(vocab), (1280,), 8, 16, 0.0))

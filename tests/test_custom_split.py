@@ -10,9 +10,9 @@ import yaml
 from test_data_stages import run_stage
 from conftest import copy_project, make_kaggle_folder, save_image
 
-from captioner.datasets import prepare_raw
-from captioner.datasets.splitting import random_split
-from captioner.errors import CaptionerError
+from captioner.data.datasets import prepare_raw
+from captioner.data.datasets.splitting import random_split
+from captioner.core.errors import CaptionerError
 
 
 def data_params(path, **overrides):

@@ -105,7 +105,7 @@ def write_captions_csv(project, rows=200):
 def test_next_run_removes_what_a_killed_run_left(tmp_path):
     project = copy_project(tmp_path / "p")
     write_captions_csv(project)
-    crash = ("import os\nfrom captioner.atomic import atomic_path\n"
+    crash = ("import os\nfrom captioner.core.atomic import atomic_path\n"
              "with atomic_path('data/processed/captions.json') as tmp:\n"
              "    tmp.write_bytes(b'x' * 4096)\n    os._exit(9)\n")
     assert subprocess.run([sys.executable, "-c", crash], cwd=project).returncode == 9

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import captions_for, make_kaggle_folder, make_original_folder, save_image
 
-from captioner.datasets import prepare_raw
-from captioner.datasets.flickr8k import official_splits
-from captioner.datasets.raw import read_captions_csv
-from captioner.errors import CaptionerError
+from captioner.data.datasets import prepare_raw
+from captioner.data.datasets.flickr8k import official_splits
+from captioner.data.datasets.raw import read_captions_csv
+from captioner.core.errors import CaptionerError
 
 
 def data_params(**overrides):
@@ -358,7 +358,7 @@ def test_every_tar_member_type_is_handled_in_one_line(tmp_path, members, message
 
 
 def test_tar_hard_link_to_an_earlier_file_is_extracted(tmp_path):
-    from captioner.datasets.archive import extract_archive
+    from captioner.data.datasets.archive import extract_archive
 
     tar_with(tmp_path / "ok.tar", tar_info("./data/a.jpg"), tar_info("data/b.jpg", tarfile.LNKTYPE, "data/a.jpg"),
              tar_info("data/c.jpg", tarfile.SYMTYPE, "a.jpg"))

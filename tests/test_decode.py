@@ -5,9 +5,9 @@ import pytest
 
 pytest.importorskip("keras")
 
-from captioner.decode import CaptionDecoder  # noqa: E402
-from captioner.model import DecoderSpec, build_decoder  # noqa: E402
-from captioner.text import END_ID, PAD_ID, START_ID, UNK_ID  # noqa: E402
+from captioner.model.decode import CaptionDecoder  # noqa: E402
+from captioner.model.decoders import DecoderSpec, build_decoder  # noqa: E402
+from captioner.data.text import END_ID, PAD_ID, START_ID, UNK_ID  # noqa: E402
 
 VOCAB = 24
 
@@ -129,7 +129,7 @@ def test_attention_maps_follow_the_image():
 
 
 def test_top_k_is_a_stable_argsorts_head():
-    from captioner.decode import _top_k
+    from captioner.model.decode import _top_k
 
     rng = np.random.default_rng(0)
     values = rng.integers(0, 6, size=(50, 40)).astype(np.float32)  # many ties

@@ -13,7 +13,7 @@ pytest.importorskip("keras")
 
 from helpers_model import make_dataset, small_params  # noqa: E402
 
-from captioner.errors import CaptionerError  # noqa: E402
+from captioner.core.errors import CaptionerError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from pathlib import Path
-from captioner.training import run_train
+from captioner.model.training import run_train
 
 root, params = Path(sys.argv[1]), json.loads(sys.argv[2])
 summary = run_train(params, root / "data/features", root / "data/processed", root / "models/captioner",
@@ -46,9 +46,9 @@ def test_two_logical_devices_train_data_parallel_and_the_bundle_loads_on_one(tmp
     losses = summary["train_loss"]
     assert losses[-1] < 0.8 * losses[0]  # it learns
 
-    from captioner.bundle import load_bundle
-    from captioner.decode import CaptionDecoder
-    from captioner.feature_store import load_features
+    from captioner.model.bundle import load_bundle
+    from captioner.model.decode import CaptionDecoder
+    from captioner.vision.feature_store import load_features
 
     bundle = load_bundle(tmp_path / "models/captioner")  # this process has one CPU device
     _, features, _ = load_features(tmp_path / "data/features/features.h5")

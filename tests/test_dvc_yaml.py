@@ -116,9 +116,9 @@ def test_every_path_in_a_command_is_a_dep_or_out(name):
 
 def test_closure_follows_lazy_and_package_imports():
     needed = module_closure(ROOT / "stages" / "clean_text.py")
-    assert "captioner/datasets/raw.py" in needed and "captioner/datasets/__init__.py" in needed
+    assert "captioner/data/datasets/raw.py" in needed and "captioner/data/datasets/__init__.py" in needed
     assert "captioner/__init__.py" in needed
-    assert "captioner/model.py" in module_closure(ROOT / "stages" / "evaluate.py")
+    assert "captioner/model/decoders.py" in module_closure(ROOT / "stages" / "evaluate.py")
 
 
 def test_architecture_names_every_module_and_stage():

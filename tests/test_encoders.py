@@ -16,10 +16,10 @@ import pytest
 import tensorflow as tf
 from skimage import data as skdata
 
-from captioner import efficientnet_lite
-from captioner.encoders import ENCODERS, build_encoder, get_spec, weights_id
-from captioner.errors import CaptionerError
-from captioner.pth_reader import LEGACY_MAGIC, read_state_dict
+from captioner.vision import efficientnet_lite
+from captioner.vision.encoders import ENCODERS, build_encoder, get_spec, weights_id
+from captioner.core.errors import CaptionerError
+from captioner.vision.pth_reader import LEGACY_MAGIC, read_state_dict
 
 CAT_CLASSES = set(range(281, 286))  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
 

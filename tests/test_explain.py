@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner.api import Beam, Caption
+from captioner.serving.api import Beam, Caption
 from captioner.evaluation import sample_figure
-from captioner.explain import explanation_figure, explanation_paths, load_photo, save_figure
+from captioner.serving.explain import explanation_figure, explanation_paths, load_photo, save_figure
 
 
 def caption(words, grid=(3, 3), attention=True):

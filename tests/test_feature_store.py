@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from captioner.errors import CaptionerError
-from captioner.feature_store import (
+from captioner.core.errors import CaptionerError
+from captioner.vision.feature_store import (
     FeatureReader,
     PooledRows,
     load_features,

@@ -15,10 +15,10 @@ import tensorflow as tf
 from PIL import Image
 from skimage import data as skdata
 
-from captioner.errors import CaptionerError
-from captioner.feature_store import load_features
-from captioner.features import extract_features, run_extraction
-from captioner.images import decode_resize, describe_failure
+from captioner.core.errors import CaptionerError
+from captioner.vision.feature_store import load_features
+from captioner.vision.features import extract_features, run_extraction
+from captioner.vision.images import decode_resize, describe_failure
 
 ROOT = Path(__file__).resolve().parents[1]
 LITE0 = {"encoder": "efficientnet_lite0", "weights": "imagenet", "output": "pooled", "batch_size": 2,
@@ -132,7 +132,7 @@ def test_stage_script_writes_data_features(tmp_path, monkeypatch):
 
 
 def test_bfloat16_extraction_stays_within_cosine_0_99_of_float32(tmp_path):
-    from captioner.encoders import build_encoder
+    from captioner.vision.encoders import build_encoder
 
     make_images(tmp_path)
     images = np.stack([decode_resize(tf.constant(str(tmp_path / n)), 224).numpy()

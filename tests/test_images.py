@@ -8,9 +8,9 @@ from PIL import Image, ImageOps
 
 tf = pytest.importorskip("tensorflow")
 
-from captioner.errors import CaptionerError  # noqa: E402
-from captioner.images import decode_bytes, describe_failure, image_batches, orient  # noqa: E402
-from captioner.photos import ImageRejected, read_header, to_rgb_array  # noqa: E402
+from captioner.core.errors import CaptionerError  # noqa: E402
+from captioner.vision.images import decode_bytes, describe_failure, image_batches, orient  # noqa: E402
+from captioner.vision.photos import ImageRejected, read_header, to_rgb_array  # noqa: E402
 
 ORIENTATION = 0x0112
 

@@ -7,9 +7,9 @@ from pathlib import Path, PurePosixPath
 import pytest
 from conftest import save_image
 
-from captioner.datasets import prepare_raw
-from captioner.datasets.karpathy import flat_names
-from captioner.errors import CaptionerError
+from captioner.data.datasets import prepare_raw
+from captioner.data.datasets.karpathy import flat_names
+from captioner.core.errors import CaptionerError
 
 
 def data_params(path, **overrides):

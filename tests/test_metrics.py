@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from captioner.metrics import caption_scores, cider_d, corpus_bleu_scores, tokens
+from captioner.model.metrics import caption_scores, cider_d, corpus_bleu_scores, tokens
 
 # Hand computation (corpus BLEU sums clipped n-gram matches and n-gram counts over the corpus):
 #  hyp 1 "the cat sat on the mat", refs "the cat is on the mat" / "a cat sat on the mat"

@@ -5,8 +5,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from captioner.text import END_ID  # noqa: E402
-from captioner.model import (  # noqa: E402
+from captioner.data.text import END_ID  # noqa: E402
+from captioner.model.decoders import (  # noqa: E402
     PACK_ROWS,
     DecoderSpec,
     build_decoder,

@@ -2,8 +2,8 @@
 
 import pytest
 
-from captioner.errors import CaptionerError
-from captioner.params import DEFAULTS, SETTINGS, load_params, useless_settings
+from captioner.core.errors import CaptionerError
+from captioner.core.params import DEFAULTS, SETTINGS, load_params, useless_settings
 
 
 def test_shipped_params_are_valid(root):

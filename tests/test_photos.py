@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner.errors import CaptionerError
-from captioner.photos import ImageRejected, decode_photo, photo_input, resize_photo
+from captioner.core.errors import CaptionerError
+from captioner.vision.photos import ImageRejected, decode_photo, photo_input, resize_photo
 
 tf = pytest.importorskip("tensorflow")
 
-from captioner.images import decode_bytes  # noqa: E402
+from captioner.vision.images import decode_bytes  # noqa: E402
 
 ORIENTATION = 0x0112
 

@@ -2,9 +2,7 @@
 
 import pytest
 
-from captioner import precision
-
-
+from captioner.core import precision
 def test_cpu_support_is_read_from_cpuinfo_flags(tmp_path):
     with_bf16 = tmp_path / "bf16"
     with_bf16.write_text("processor : 0\nflags : fpu sse2 avx512f avx512_bf16 avx512_vnni\n")

@@ -15,8 +15,8 @@ import numpy as np
 import yaml
 from conftest import save_image
 
-from captioner.feature_store import load_features
-from captioner.resume_store import ResumeStore, piece_key
+from captioner.vision.feature_store import load_features
+from captioner.vision.resume_store import ResumeStore, piece_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 WRAPPER = """
 import os, runpy, signal, sys
 import numpy as np
-import captioner.features
+import captioner.vision.features
 
-captioner.features.PIECE_BATCHES = 2
+captioner.vision.features.PIECE_BATCHES = 2
 kill_at, saves, real_savez = int(os.environ["KILL_AT"]), [], np.savez
 
 def savez(f, **arrays):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from captioner.errors import CaptionerError
-from captioner.schema import Field, check, choice, integer, number, paths, text
+from captioner.core.errors import CaptionerError
+from captioner.core.schema import Field, check, choice, integer, number, paths, text
 
 
 @pytest.mark.parametrize(

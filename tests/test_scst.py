@@ -6,9 +6,9 @@ import time
 import numpy as np
 import pytest
 
-from captioner.cider import CiderD
-from captioner.scst import policy_batch
-from captioner.text import END_ID, PAD_ID, START_ID, UNK_ID
+from captioner.model.cider import CiderD
+from captioner.model.scst import policy_batch
+from captioner.data.text import END_ID, PAD_ID, START_ID, UNK_ID
 
 REFS = [
     ["a dog runs on the grass", "a brown dog running through a field", "the dog is running outside"],
@@ -50,7 +50,7 @@ def test_sampling_is_seeded_banned_free_and_padded_after_end():
     pytest.importorskip("keras")
     from test_decode import make, set_bias
 
-    from captioner.decode import CaptionDecoder
+    from captioner.model.decode import CaptionDecoder
 
     model, images = make("inject", seed=2)
     set_bias(model, [PAD_ID, START_ID, UNK_ID], 50.0)
@@ -97,11 +97,11 @@ def test_self_critical_keeps_the_best_val_cider_and_writes_its_summary(problem):
         assert ciders[-1] <= max(ciders[:-1])
     assert json.loads((problem / "metrics/train.json").read_text()) == summary
 
-    from captioner.bundle import load_bundle
-    from captioner.decode import CaptionDecoder
-    from captioner.feature_store import load_features
-    from captioner.scst import image_set, val_scores
-    from captioner.training import load_train_data
+    from captioner.model.bundle import load_bundle
+    from captioner.model.decode import CaptionDecoder
+    from captioner.vision.feature_store import load_features
+    from captioner.model.scst import image_set, val_scores
+    from captioner.model.training import load_train_data
 
     data = load_train_data(problem / "data/features", problem / "data/processed", "inject")
     captions = json.loads((problem / "data/processed/captions.json").read_text())

@@ -21,8 +21,8 @@ PIXEL_LIMIT = 1_000_000
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from captioner.api import Captioner
-    from captioner.server import create_app, warm_up
+    from captioner.serving.api import Captioner
+    from captioner.serving.server import create_app, warm_up
 
     captioner = Captioner.load(make_bundle(tmp_path_factory.mktemp("serve") / "captioner", litert=True))
     warm_up(captioner)
@@ -51,7 +51,7 @@ def test_page_and_health(server):
 
 
 def test_web_files_fetch_nothing_from_the_internet():
-    web = resources.files("captioner") / "web"
+    web = resources.files("captioner.serving") / "web"
     for name in ("index.html", "app.js", "style.css"):
         assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", (web / name).read_text()), name
 

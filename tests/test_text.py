@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from captioner.corpus import tokenize
-from captioner.errors import CaptionerError
-from captioner.text import END_ID, MAX_LENGTH, PAD_ID, START_ID, UNK_ID, Vocabulary, clean_caption
+from captioner.data.corpus import tokenize
+from captioner.core.errors import CaptionerError
+from captioner.data.text import END_ID, MAX_LENGTH, PAD_ID, START_ID, UNK_ID, Vocabulary, clean_caption
 
 
 @pytest.mark.parametrize(

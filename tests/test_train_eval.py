@@ -11,11 +11,11 @@ pytest.importorskip("keras")
 
 from helpers_model import make_dataset, small_params  # noqa: E402
 
-from captioner.errors import CaptionerError  # noqa: E402
+from captioner.core.errors import CaptionerError  # noqa: E402
 
 
 def train(root, params):
-    from captioner.training import run_train
+    from captioner.model.training import run_train
 
     return run_train(params, root / "data/features", root / "data/processed", root / "models/captioner",
                      root / "metrics/train.json", str(root / "dvclive"), verbose=0)
@@ -51,11 +51,11 @@ def test_train_writes_bundle_metrics_and_curves(trained):
 
 
 def test_trained_model_beats_untrained_by_far(trained):
-    from captioner.api import Captioner
-    from captioner.bundle import load_bundle
-    from captioner.feature_store import load_features
-    from captioner.metrics import caption_scores
-    from captioner.model import DecoderSpec, build_decoder
+    from captioner.serving.api import Captioner
+    from captioner.model.bundle import load_bundle
+    from captioner.vision.feature_store import load_features
+    from captioner.model.metrics import caption_scores
+    from captioner.model.decoders import DecoderSpec, build_decoder
 
     root, params, _ = trained
     scores = evaluate(root, params)
@@ -98,7 +98,7 @@ def test_empty_split_is_a_one_line_error(trained):
 
 
 def test_bundle_vocab_mismatch_is_a_one_line_error(trained, tmp_path):
-    from captioner.bundle import load_bundle
+    from captioner.model.bundle import load_bundle
 
     root, _, _ = trained
     bundle = tmp_path / "bundle"
@@ -159,7 +159,7 @@ def test_float32_attention_on_image_grouped_batches_with_self_critical_is_byte_i
 
 
 def test_bfloat16_training_with_self_critical_saves_a_float32_bundle(tmp_path):
-    from captioner.bundle import load_bundle
+    from captioner.model.bundle import load_bundle
 
     make_dataset(tmp_path, grid=True)
     summary = train(tmp_path, small_params("attention", epochs=2, captions_per_image=5, batch_size=20,

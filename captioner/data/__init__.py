@@ -1,0 +1,1 @@
+"""Captions and data sources: the datasets that fill `data/raw/`, caption cleaning and the vocabulary, the clean_text and tokenize steps."""

@@ -1,0 +1,227 @@
+"""The model bundle `models/captioner/`: decoder.keras + vocab.json + config.json, all `predict` needs,
+and optionally captioner.tflite, the same encoder and decoder for the LiteRT runtime (see `litert.py`).
+
+Saving writes the decoder without its optimizer state and with fixed zip timestamps and save date, so two
+identical trainings give byte-identical bundles. Loading checks every value of config.json and vocab.json
+(kinds, ranges, agreement with each other and with the model) before the model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from captioner.core.atomic import atomic_dir, atomic_path, write_json
+from captioner.core.errors import CaptionerError
+from captioner.core.jsonfile import read_json
+from captioner.core.schema import Field, check, choice, integer, number, text
+from captioner.data.text import MAX_LENGTH, RESERVED, Vocabulary
+
+MODEL_FILE = "decoder.keras"
+VOCAB_FILE = "vocab.json"
+CONFIG_FILE = "config.json"
+BUNDLE_FORMAT = 1
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold
+SAVE_DATE = "1980-01-01@00:00:00"  # decoder.keras's metadata.json date_saved, in Keras' format
+MAX_FEATURE_DIM = 1 << 20
+
+# Every value of config.json: "section.key" -> what it may be (a nullable value may also be absent).
+CONFIG_FIELDS: dict[str, Field] = {
+    "format": integer(None, BUNDLE_FORMAT, BUNDLE_FORMAT),
+    "encoder.name": text(None),
+    "encoder.weights": text(None),
+    "encoder.weights_id": text(None, nullable=True),
+    "encoder.input_size": integer(None, 1, 8192),
+    "encoder.preprocessing": text(None, nullable=True),
+    "encoder.output": choice("grid", "grid", "pooled"),
+    "feature_shape": Field("list"),
+    "decoder.kind": choice("attention", "attention", "inject", "merge"),
+    "decoder.embedding_dim": integer(None, 1, 65536),
+    "decoder.units": integer(None, 1, 65536),
+    "decoder.dropout": number(None, 0, below=1),
+    "decoder.vocab_size": integer(None, len(RESERVED), 10_000_000),
+    "decoding.beam_size": integer(None, 1, 100),
+    "decoding.max_length": integer(None, len(RESERVED) - 1, MAX_LENGTH),
+    "decoding.length_alpha": number(None, 0, 10),
+}
+_FEATURE_DIM = integer(None, 1, MAX_FEATURE_DIM)
+
+
+@dataclass
+class Bundle:
+    """A loaded, validated bundle: the training model, its vocabulary and config."""
+
+    model: Any
+    vocab: Vocabulary
+    config: dict[str, Any]
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        """Shape of one encoder feature (as extracted, before any pooling)."""
+        return tuple(self.config["feature_shape"])
+
+    @property
+    def decoder_kind(self) -> str:
+        """merge | inject | attention."""
+        return self.config["decoder"]["kind"]
+
+
+def make_config(
+    encoder: dict[str, Any], feature_shape: tuple[int, ...], decoder: dict[str, Any], decoding: dict[str, Any]
+) -> dict[str, Any]:
+    """The config.json dict: encoder to rebuild (name, weights, input_size, output), feature shape, decoder, decoding."""
+    return {
+        "format": BUNDLE_FORMAT,
+        "encoder": encoder,
+        "feature_shape": [int(d) for d in feature_shape],
+        "decoder": decoder,
+        "decoding": decoding,
+    }
+
+
+def _renumber_shared_objects(node: Any, numbers: dict[Any, int]) -> Any:
+    """Replace Keras' `shared_object_id`s (memory addresses) by 0, 1, 2... in order of first appearance."""
+    if isinstance(node, list):
+        return [_renumber_shared_objects(item, numbers) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _renumber_shared_objects(value, numbers) for key, value in node.items()}
+    if "shared_object_id" in node:
+        out["shared_object_id"] = numbers.setdefault(node["shared_object_id"], len(numbers))
+    return out
+
+
+def _normalise_keras_zip(path: Path) -> None:
+    """Rewrite a .keras zip with fixed entry dates, save date and object ids, so equal models give equal bytes."""
+    with zipfile.ZipFile(path) as src:
+        members = [(info, src.read(info.filename)) for info in src.infolist()]
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w") as dst:
+        for info, data in members:
+            if info.filename == "metadata.json":
+                data = json.dumps({**json.loads(data), "date_saved": SAVE_DATE}).encode()
+            elif info.filename == "config.json":
+                data = json.dumps(_renumber_shared_objects(json.loads(data), {})).encode()
+            entry = zipfile.ZipInfo(info.filename, date_time=ZIP_DATE)
+            entry.compress_type = info.compress_type
+            entry.external_attr = 0o644 << 16
+            dst.writestr(entry, data)
+
+
+def save_decoder(model, path: Path) -> None:
+    """Save `model`'s architecture and weights only (no optimizer state, no compile settings), reproducibly."""
+    bare = model.__class__.from_config(model.get_config())
+    bare.set_weights(model.get_weights())
+    bare.save(path)
+    _normalise_keras_zip(path)
+
+
+def save_bundle(directory: str | os.PathLike[str], model, vocab: Vocabulary, config: dict[str, Any],
+                encoder=None) -> None:
+    """Write the bundle files into `directory`, replacing it atomically; with an encoder (Keras model: images ->
+    features) also `captioner.tflite`, the LiteRT runtime's encoder and decoder."""
+    with atomic_dir(directory) as tmp:
+        save_decoder(model, tmp / MODEL_FILE)
+        write_json(tmp / VOCAB_FILE, vocab.to_json())
+        write_json(tmp / CONFIG_FILE, config)
+        if encoder is not None:
+            from captioner.model.litert import LITERT_FILE, litert_bytes
+
+            (tmp / LITERT_FILE).write_bytes(litert_bytes(encoder, model))
+
+
+def _read_object(path: Path) -> dict[str, Any]:
+    """A bundle file that must hold one JSON object."""
+    data = read_json(path, "bundle file", "train")
+    if not isinstance(data, dict):
+        raise CaptionerError(f"{path}: expected a JSON object")
+    return data
+
+
+def _check_config(path: Path, config: dict[str, Any]) -> None:
+    """Check every value of config.json against CONFIG_FIELDS and the feature shape against the encoder output."""
+    for key, field in CONFIG_FIELDS.items():
+        section, _, name = key.rpartition(".")
+        holder = config.get(section) if section else config
+        if section and not isinstance(holder, dict):
+            raise CaptionerError(f"{path}: '{section}' must be an object, got {holder!r}")
+        if name not in holder:
+            if field.nullable:  # optional: older bundles and hand-made configs may leave it out
+                continue
+            raise CaptionerError(f"{path}: lacks {key}")
+        check(str(path), key, holder[name], field)
+    shape = config["feature_shape"]
+    for dim in shape:
+        check(str(path), "feature_shape", dim, _FEATURE_DIM)
+    dims = 3 if config["encoder"]["output"] == "grid" else 1
+    if len(shape) != dims:
+        raise CaptionerError(f"{path}: 'feature_shape' {shape} does not fit encoder output "
+                             f"{config['encoder']['output']!r} ({dims} dimensions)")
+
+
+def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check a bundle's config.json without loading TensorFlow."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CaptionerError(f"{directory}: model bundle not found (run `dvc repro train` or pass --model DIR)")
+    for name in (MODEL_FILE, VOCAB_FILE, CONFIG_FILE):
+        if not (directory / name).is_file():
+            raise CaptionerError(f"{directory}: model bundle lacks {name}")
+    config = _read_object(directory / CONFIG_FILE)
+    if config.get("format") != BUNDLE_FORMAT:
+        raise CaptionerError(f"{directory / CONFIG_FILE}: bundle format {config.get('format')!r}, expected {BUNDLE_FORMAT}")
+    _check_config(directory / CONFIG_FILE, config)
+    return config
+
+
+def read_vocab(directory: str | os.PathLike[str], config: dict[str, Any]) -> Vocabulary:
+    """Read and check a bundle's vocab.json against its (checked) config.json, without loading TensorFlow."""
+    path = Path(directory) / VOCAB_FILE
+    vocab = Vocabulary.from_json(_read_object(path), str(path))
+    if vocab.max_length != config["decoding"]["max_length"]:
+        raise CaptionerError(f"{path}: max_length {vocab.max_length} but {CONFIG_FILE} says decoding.max_length "
+                             f"{config['decoding']['max_length']} (files from different runs?)")
+    if len(vocab) != config["decoder"]["vocab_size"]:
+        raise CaptionerError(f"{path}: {len(vocab)} tokens but {CONFIG_FILE} says decoder.vocab_size "
+                             f"{config['decoder']['vocab_size']} (files from different runs?)")
+    return vocab
+
+
+def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
+    """Load a bundle and check that its files agree (vocabulary vs model output, feature shape vs model input)."""
+    directory = Path(directory)
+    config = read_config(directory)
+    vocab = read_vocab(directory, config)
+
+    from captioner.model.decoders import decoder_input_shape, decoder_kind, load_decoder
+
+    try:
+        model = load_decoder(directory / MODEL_FILE)
+    except Exception as exc:  # Keras raises many types for a corrupt or foreign file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CaptionerError(f"{directory / MODEL_FILE}: cannot load the decoder ({first})") from exc
+    kind = config["decoder"]["kind"]
+    try:
+        model_kind = decoder_kind(model)
+    except ValueError as exc:
+        raise CaptionerError(f"{directory / MODEL_FILE}: {exc}") from exc
+    if model_kind != kind:
+        raise CaptionerError(f"{directory}: config.json says decoder {kind!r} but {MODEL_FILE} is {model_kind!r}")
+    out_size = int(model.outputs[0].shape[-1])
+    if out_size != len(vocab):
+        raise CaptionerError(
+            f"{directory}: {MODEL_FILE} predicts {out_size} tokens but {VOCAB_FILE} has {len(vocab)} (files from different runs?)"
+        )
+    try:
+        expected = decoder_input_shape(kind, config["feature_shape"])
+    except ValueError as exc:
+        raise CaptionerError(f"{directory / CONFIG_FILE}: {exc}") from exc
+    got = tuple(int(d) for d in model.inputs[0].shape[1:])
+    if got != expected:
+        raise CaptionerError(
+            f"{directory}: {MODEL_FILE} takes image features {got} but config.json's feature_shape gives {expected}"
+        )
+    return Bundle(model=model, vocab=vocab, config=config)

