@@ -1,4 +1,5 @@
-"""DVC stage `train`: fit the decoder on the features and token sequences; write the model bundle and metrics."""
+"""DVC stage `train`: cross-entropy training of the decoder on the features and token sequences; write the
+model (read by `finetune`) and metrics."""
 
 import sys
 
@@ -18,15 +19,8 @@ def main() -> None:
     print(
         f"trained {summary['decoder']} for {summary['epochs_run']} epochs (best {summary['best_epoch']}, "
         f"stopped by {summary['stopped_by']}) in {summary['wall_seconds']:.0f} s, "
-        f"{summary['captions_per_second']} captions/s"
+        f"{summary['captions_per_second']} captions/s; train stage {summary['total_seconds']:.0f} s in all"
     )
-    if "scst_epochs_run" in summary:
-        print(
-            f"self-critical: {summary['scst_epochs_run']} epochs in {summary['scst_seconds']:.0f} s, greedy val "
-            f"CIDEr-D {summary['scst_start_val_cider']} -> {summary['scst_val_cider']}, BLEU-4 "
-            f"{summary['scst_start_val_bleu4']} -> {summary['scst_val_bleu4']} (kept epoch {summary['scst_best_epoch']})"
-        )
-    print(f"train stage: {summary['total_seconds']:.0f} s in all")
 
 
 if __name__ == "__main__":

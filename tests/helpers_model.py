@@ -72,15 +72,16 @@ def make_dataset(
     return {"names": names, "captions": captions, "splits": splits, "vocab": vocab}
 
 
-def small_params(decoder: str = "merge", **train) -> dict:
-    """Params for fast tests: tiny decoder, a few epochs, no time pressure."""
+def small_params(decoder: str = "merge", scst: dict | None = None, **train) -> dict:
+    """Params for fast tests: tiny decoder, a few epochs, no time pressure, self-critical training off."""
     return {
         "seed": 1,
         "train": {
             "decoder": decoder, "embedding_dim": 16, "units": 32, "output_units": 32, "dropout": 0.1, "attention_heads": 2,
             "batch_size": 16, "captions_per_image": 1, "precision": "float32", "devices": 1, "epochs": 12, "learning_rate": 0.01,
-            "patience": 3, "max_minutes": 5, "scst_epochs": 0, "scst_learning_rate": 0.001, "scst_samples": 4,
-            "scst_batch_images": 16, "litert": False, **train,
+            "patience": 3, "max_minutes": 5, **train,
         },
+        "scst": {"epochs": 0, "learning_rate": 0.001, "samples": 4, "batch_images": 16, "precision": "float32",
+                 "litert": False, "max_minutes": 5, **(scst or {})},
         "evaluate": {"split": "test", "beam_size": 3, "figure_images": 4},
     }

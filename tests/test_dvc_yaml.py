@@ -102,7 +102,7 @@ def test_stage_deps_cover_every_imported_module(name):
 @pytest.mark.parametrize("name", sorted(stages()))
 def test_every_path_in_a_command_is_a_dep_or_out(name):
     stage = stages()[name]
-    paths = entries(stage["deps"]) + entries(stage.get("outs", []))
+    paths = entries(stage["deps"]) + entries(stage.get("outs", [])) + entries(stage.get("metrics", []))
     args = shlex.split(stage["cmd"])
     assert args[0] == "python"
     for option, value in zip(args[2::2], args[3::2]):

@@ -50,7 +50,9 @@ def test_every_default_passes_its_own_check(tmp_path):
         ("evaluate:\n  beam_size: 0\n", r"'evaluate.beam_size' must be an integer >= 1 .*got 0"),
         ("evaluate:\n  split: dev\n", r"'evaluate.split' must be one of test, val, train"),
         ("seed: -1\n", r"params.yaml:1: 'seed' must be an integer >= 0"),
-        ("train:\n  scst_samples: 1\n", r"'train.scst_samples' must be an integer >= 2"),
+        ("scst:\n  samples: 1\n", r"'scst.samples' must be an integer >= 2"),
+        ("train:\n  scst_epochs: 3\n", r"'train.scst_epochs' is now 'scst.epochs'"),
+        ("train:\n  litert: false\n", r"'train.litert' is now 'scst.litert'"),
         ("train:\n  max_minutes: 0\n", r"'train.max_minutes' must be a number >= 0.0001"),
     ],
 )

@@ -21,7 +21,8 @@ TINY = {
     "data": {"sample_images": 40},
     "features": {"batch_size": 16},
     "train": {"embedding_dim": 16, "units": 32, "epochs": 3, "batch_size": 32, "patience": 5, "max_minutes": 2,
-              "learning_rate": 0.01, "scst_epochs": 1},
+              "learning_rate": 0.01},
+    "scst": {"epochs": 1, "max_minutes": 2},
     "evaluate": {"beam_size": 2, "figure_images": 4},
 }
 
@@ -71,7 +72,8 @@ def repo(tmp_path_factory) -> Path:
     sh(repo, "git", "config", "user.name", "captioner tests")
     edit_params(repo, **TINY)
     first = dvc(repo, "repro")
-    assert ran_stages(first.stdout) == {"download", "extract_features", "clean_text", "tokenize", "train", "evaluate"}
+    assert ran_stages(first.stdout) == {"download", "extract_features", "clean_text", "tokenize", "train", "finetune",
+                                        "evaluate"}
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "tiny pipeline")
     return repo
@@ -79,7 +81,8 @@ def repo(tmp_path_factory) -> Path:
 
 def test_repro_from_scratch_then_nothing_to_do(repo):
     for path in ("data/raw/splits.json", "data/features/features.h5", "data/processed/sequences.npz",
-                 "models/captioner/config.json", "metrics/eval.json", "metrics/train.json",
+                 "models/xe/decoder.keras", "models/captioner/config.json", "metrics/eval.json", "metrics/train.json",
+                 "metrics/finetune.json", "dvclive/finetune/plots/metrics/val_cider.tsv",
                  "metrics/predictions.csv", "metrics/samples.png"):
         assert (repo / path).is_file(), path
     scores = json.loads((repo / "metrics/eval.json").read_text())
@@ -92,12 +95,13 @@ def test_repro_from_scratch_then_nothing_to_do(repo):
 @pytest.mark.parametrize(
     "change, expected",
     [
-        ({"train": {"epochs": 2}}, {"train", "evaluate"}),
-        ({"text": {"min_words": 5}}, {"clean_text", "tokenize", "train", "evaluate"}),
-        ({"features": {"encoder": "efficientnet_lite2"}}, {"extract_features", "train", "evaluate"}),
+        ({"train": {"epochs": 2}}, {"train", "finetune", "evaluate"}),
+        ({"scst": {"litert": False}}, {"finetune", "evaluate"}),
+        ({"text": {"min_words": 5}}, {"clean_text", "tokenize", "train", "finetune", "evaluate"}),
+        ({"features": {"encoder": "efficientnet_lite2"}}, {"extract_features", "train", "finetune", "evaluate"}),
         ({"evaluate": {"beam_size": 1}}, {"evaluate"}),
     ],
-    ids=["train.epochs", "text.min_words", "features.encoder", "evaluate.beam_size"],
+    ids=["train.epochs", "scst.litert", "text.min_words", "features.encoder", "evaluate.beam_size"],
 )
 def test_param_change_reruns_exactly_the_dependent_stages(repo, change, expected):
     edit_params(repo, **change)
@@ -106,6 +110,22 @@ def test_param_change_reruns_exactly_the_dependent_stages(repo, change, expected
         status = dvc(repo, "status").stdout
         assert section in status
         assert ran_stages(dvc(repo, "repro").stdout) == expected, f"dvc status before the repro:\n{status}"
+    finally:
+        restore(repo)
+
+
+def test_a_self_critical_change_reverted_comes_back_from_the_run_cache(repo):
+    before = {p.name: p.read_bytes() for p in (repo / "models/captioner").iterdir()}
+    edit_params(repo, scst={"learning_rate": 0.003, "litert": False})
+    try:
+        assert ran_stages(dvc(repo, "repro").stdout) == {"finetune", "evaluate"}  # train comes from its cache
+        assert {p.name: p.read_bytes() for p in (repo / "models/captioner").iterdir()} != before
+        edit_params(repo, scst={"learning_rate": 0.0001, "litert": True})
+        back = dvc(repo, "repro").stdout
+        assert ran_stages(back) == set(), back  # nothing trains: both stages come back from DVC's run cache
+        assert re.findall(r"Stage '(\w+)' is cached - skipping run", back) == ["finetune", "evaluate"], back
+        assert {p.name: p.read_bytes() for p in (repo / "models/captioner").iterdir()} == before
+        assert "up to date" in dvc(repo, "status").stdout
     finally:
         restore(repo)
 
@@ -153,7 +173,7 @@ def test_push_clone_pull_predict(repo, tmp_path):
     status = dvc(clone, "status")
     assert "up to date" in status.stdout, status.stdout
     image = sorted((clone / "data/raw/Images").glob("*.jpg"))[0]
-    assert (clone / "models/captioner/captioner.tflite").is_file()  # the train stage's LiteRT export
+    assert (clone / "models/captioner/captioner.tflite").is_file()  # the finetune stage's LiteRT export
     captions = {}
     for runtime in ("litert", "keras"):
         result = sh(clone, str(BIN / "captioner"), "predict", str(image), "--model", "models/captioner", "--json",

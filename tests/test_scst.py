@@ -82,20 +82,27 @@ def test_self_critical_keeps_the_best_val_cider_and_writes_its_summary(problem):
     from helpers_model import small_params
     from test_train_eval import train
 
-    params = small_params("inject", epochs=4, scst_epochs=3, scst_learning_rate=0.003, scst_samples=4,
-                          scst_batch_images=16)
-    summary = train(problem, params)
-    run = summary["scst_epochs_run"]
+    params = small_params("inject", scst={"epochs": 3, "learning_rate": 0.003, "samples": 4, "batch_images": 16},
+                          epochs=4)
+    train(problem, params)
+    summary = json.loads((problem / "metrics/finetune.json").read_text())
+    run = summary["epochs_run"]
     assert 1 <= run <= 3
-    for key in ("scst_val_cider", "scst_val_bleu4", "scst_train_reward"):
+    for key in ("val_cider", "val_bleu4", "train_reward", "sample_words"):
         assert len(summary[key]) == run
-    best = summary["scst_best_epoch"]
-    ciders = [summary["scst_start_val_cider"], *summary["scst_val_cider"]]
-    bleus = [summary["scst_start_val_bleu4"], *summary["scst_val_bleu4"]]
-    assert ciders[best] == max(ciders)
+    best = summary["best_epoch"]
+    ciders = [summary["start_val_cider"], *summary["val_cider"]]
+    bleus = [summary["start_val_bleu4"], *summary["val_bleu4"]]
+    assert ciders[best] == max(ciders) == summary["best_val_cider"] and bleus[best] == summary["best_val_bleu4"]
     if run < 3:  # it stopped early only because the last epoch lost val CIDEr-D
         assert ciders[-1] <= max(ciders[:-1])
-    assert json.loads((problem / "metrics/train.json").read_text()) == summary
+    curves = problem / "dvclive/finetune/plots/metrics"  # DVCLive: step 0 is the cross-entropy model
+    for key in ("val_cider", "val_bleu4"):
+        rows = (curves / f"{key}.tsv").read_text().splitlines()
+        assert [float(r.split("\t")[-1]) for r in rows[1:]] == pytest.approx([summary[f"start_{key}"], *summary[key]])
+    for key in ("train_reward", "sample_words"):
+        rows = (curves / f"{key}.tsv").read_text().splitlines()
+        assert [float(r.split("\t")[-1]) for r in rows[1:]] == pytest.approx(summary[key])
 
     from captioner.model.bundle import load_bundle
     from captioner.model.decode import CaptionDecoder
@@ -117,8 +124,9 @@ def test_self_critical_stops_at_the_stage_time_cap(problem):
     from helpers_model import small_params
     from test_train_eval import train
 
-    params = small_params("inject", epochs=1, scst_epochs=50, max_minutes=0.01)
+    params = small_params("inject", scst={"epochs": 50, "max_minutes": 0.01}, epochs=1)
     start = time.monotonic()
-    summary = train(problem, params)
-    assert summary["time_cap_hit"] and summary.get("scst_epochs_run", 0) < 50
+    train(problem, params)
+    summary = json.loads((problem / "metrics/finetune.json").read_text())
+    assert summary["time_cap_hit"] and summary["epochs_run"] < 50
     assert time.monotonic() - start < 60

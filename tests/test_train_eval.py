@@ -15,10 +15,22 @@ from captioner.core.errors import CaptionerError  # noqa: E402
 
 
 def train(root, params):
+    """The train stage (cross-entropy, into models/xe), then finetune (into the bundle models/captioner);
+    returns the train stage's metrics."""
     from captioner.model.training import run_train
 
-    return run_train(params, root / "data/features", root / "data/processed", root / "models/captioner",
-                     root / "metrics/train.json", str(root / "dvclive"), verbose=0)
+    summary = run_train(params, root / "data/features", root / "data/processed", root / "models/xe",
+                        root / "metrics/train.json", str(root / "dvclive/train"), verbose=0)
+    finetune(root, params)
+    return summary
+
+
+def finetune(root, params):
+    """The finetune stage on models/xe: self-critical training (scst.epochs > 0) or a pass-through."""
+    from captioner.model.finetune import run_finetune
+
+    return run_finetune(params, root / "data/features", root / "data/processed", root / "models/xe",
+                        root / "models/captioner", root / "metrics/finetune.json", str(root / "dvclive/finetune"))
 
 
 def evaluate(root, params):
@@ -44,8 +56,8 @@ def test_train_writes_bundle_metrics_and_curves(trained):
     for key in ("epochs_run", "best_epoch", "best_val_loss", "wall_seconds", "captions_per_second"):
         assert key in written
     assert 1 <= written["best_epoch"] <= written["epochs_run"] <= 12
-    assert (root / "dvclive/plots/metrics/train/loss.tsv").is_file()
-    assert (root / "dvclive/plots/metrics/eval/loss.tsv").is_file()
+    assert (root / "dvclive/train/plots/metrics/train/loss.tsv").is_file()
+    assert (root / "dvclive/train/plots/metrics/eval/loss.tsv").is_file()
     config = json.loads((root / "models/captioner/config.json").read_text())
     assert config["encoder"]["name"] == "synthetic" and config["feature_shape"] == [24]
 
@@ -149,23 +161,39 @@ def test_training_is_deterministic_and_respects_the_time_budget(tmp_path):
 
 def test_float32_attention_on_image_grouped_batches_with_self_critical_is_byte_identical(tmp_path):
     make_dataset(tmp_path, grid=True)
-    params = small_params("attention", epochs=2, captions_per_image=5, batch_size=20, scst_epochs=1)
+    params = small_params("attention", scst={"epochs": 1}, epochs=2, captions_per_image=5, batch_size=20)
     first = train(tmp_path, params)
+    first_scst = json.loads((tmp_path / "metrics/finetune.json").read_text())
     bundle = {p.name: p.read_bytes() for p in (tmp_path / "models/captioner").iterdir()}
+    xe = {p.name: p.read_bytes() for p in (tmp_path / "models/xe").iterdir()}
     second = train(tmp_path, params)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "models/xe").iterdir()} == xe
     assert {p.name: p.read_bytes() for p in (tmp_path / "models/captioner").iterdir()} == bundle
-    for key in ("train_loss", "best_val_loss", "scst_val_cider", "scst_train_reward"):
+    for key in ("train_loss", "best_val_loss"):
         assert first[key] == second[key]
+    second_scst = json.loads((tmp_path / "metrics/finetune.json").read_text())
+    for key in ("val_cider", "train_reward", "best_val_cider"):
+        assert first_scst[key] == second_scst[key]
+
+
+def test_finetune_off_passes_the_cross_entropy_model_through(trained):
+    root, params, _ = trained
+    xe = (root / "models/xe/decoder.keras").read_bytes()
+    assert (root / "models/captioner/decoder.keras").read_bytes() == xe
+    summary = json.loads((root / "metrics/finetune.json").read_text())
+    assert summary["epochs_run"] == 0 and not (root / "dvclive/finetune").exists()
 
 
 def test_bfloat16_training_with_self_critical_saves_a_float32_bundle(tmp_path):
     from captioner.model.bundle import load_bundle
 
     make_dataset(tmp_path, grid=True)
-    summary = train(tmp_path, small_params("attention", epochs=2, captions_per_image=5, batch_size=20,
-                                           precision="bfloat16", scst_epochs=1))
-    assert summary["precision"] == "bfloat16" and summary["scst_epochs_run"] == 1
+    summary = train(tmp_path, small_params("attention", scst={"epochs": 1, "precision": "bfloat16"}, epochs=2,
+                                           captions_per_image=5, batch_size=20, precision="bfloat16"))
+    scst = json.loads((tmp_path / "metrics/finetune.json").read_text())
+    assert summary["precision"] == "bfloat16" and scst["precision"] == "bfloat16" and scst["epochs_run"] == 1
     assert summary["train_loss"][-1] < summary["train_loss"][0]
-    model = load_bundle(tmp_path / "models/captioner").model
-    assert all(w.dtype == "float32" for w in model.weights)
-    assert {layer.dtype_policy.name for layer in model.layers if layer.weights} == {"float32"}
+    for folder in ("models/xe", "models/captioner"):
+        model = load_bundle(tmp_path / folder).model
+        assert all(w.dtype == "float32" for w in model.weights)
+        assert {layer.dtype_policy.name for layer in model.layers if layer.weights} == {"float32"}

@@ -49,17 +49,28 @@ SETTINGS: dict[str, Field] = {
     "train.epochs": integer(30, 0, 100_000),
     "train.learning_rate": number(0.001, 1e-12, 10),
     "train.patience": integer(2, 0, 100_000),
-    "train.scst_epochs": integer(10, 0, 100_000),
-    "train.scst_learning_rate": number(0.0001, 1e-12, 10),
-    "train.scst_samples": integer(5, 2, 1024),
-    "train.scst_batch_images": integer(32, 1, 65536),
     "train.max_minutes": number(40.0, 0.0001, 1e6),
-    "train.litert": Field("bool", True),
+    "scst.epochs": integer(10, 0, 100_000),
+    "scst.learning_rate": number(0.0001, 1e-12, 10),
+    "scst.samples": integer(5, 2, 1024),
+    "scst.batch_images": integer(32, 1, 65536),
+    "scst.precision": choice("auto", "auto", "float32", "bfloat16"),
+    "scst.litert": Field("bool", True),
+    "scst.max_minutes": number(30.0, 0.0001, 1e6),
     "evaluate.split": choice("test", "test", "val", "train"),
     "evaluate.beam_size": integer(3, 1, 100),
     "evaluate.figure_images": integer(8, 1, 64),
 }
 
+
+# Keys of earlier versions -> their name now; using one is an error that names the new key.
+RENAMED: dict[str, str] = {
+    "train.scst_epochs": "scst.epochs",
+    "train.scst_learning_rate": "scst.learning_rate",
+    "train.scst_samples": "scst.samples",
+    "train.scst_batch_images": "scst.batch_images",
+    "train.litert": "scst.litert",
+}
 
 # Settings that are valid alone but not together: (key to point at, broken when, what to do).
 RULES: list[tuple[str, Callable[[dict[str, Any]], bool], str]] = [
@@ -114,6 +125,9 @@ def _flatten(path: Path, raw: dict[str, Any], lines: dict[str, int]) -> dict[str
         if not isinstance(value, dict):
             raise CaptionerError(f"{where}: '{key}' must be a section of key: value lines")
         for sub, sub_value in value.items():
+            if f"{key}.{sub}" in RENAMED:
+                raise CaptionerError(f"{path}:{lines.get(f'{key}.{sub}', 1)}: '{key}.{sub}' is now "
+                                     f"'{RENAMED[f'{key}.{sub}']}' (the self-critical stage has its own section)")
             if sub not in DEFAULTS[key]:
                 raise CaptionerError(f"{path}:{lines.get(f'{key}.{sub}', 1)}: unknown key '{key}.{sub}' "
                                      f"(known: {', '.join(DEFAULTS[key])})")

@@ -115,21 +115,24 @@ def self_critical(
     seed: int,
     cap,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+    on_start: Callable[[dict[str, float]], None] = lambda scores: None,
+    on_epoch: Callable[[dict[str, float]], None] = lambda scores: None,
 ) -> dict[str, Any]:
-    """Fine-tune `model` in place for `params['scst_epochs']` epochs, or until the stage's time `cap` passes.
+    """Fine-tune `model` in place for `params['epochs']` epochs (the `scst` section), or until the time `cap` passes.
 
     Sampling, greedy val scoring and the policy step run in the model's own precision (bfloat16 too).
     Stops after the first epoch that does not raise greedy val CIDEr-D, keeps the weights with the best
-    (the cross-entropy weights if no epoch beats them) and returns a summary for metrics/train.json, with
-    every epoch's val CIDEr-D and BLEU-4.
+    (the cross-entropy weights if no epoch beats them) and returns a summary for metrics/finetune.json, with
+    every epoch's val CIDEr-D and BLEU-4. `on_start` gets the starting model's val scores and `on_epoch` each
+    epoch's scores (the points of the curves).
     """
     from captioner.model.decode import CaptionDecoder
 
-    k, batch_images = int(params["scst_samples"]), int(params["scst_batch_images"])
+    k, batch_images = int(params["samples"]), int(params["batch_images"])
     rng = np.random.default_rng(seed)
     decoder = CaptionDecoder(model, vocab.max_length, compiled=False)  # sample/greedy use their own graph
     reward = CiderD(train.references)
-    step = policy_step(model, params["scst_learning_rate"], len(vocab))
+    step = policy_step(model, params["learning_rate"], len(vocab))
     start = time.monotonic()
 
     def score_val() -> tuple[float, float]:
@@ -141,8 +144,9 @@ def self_critical(
         "start_val_cider": round(score, 4), "start_val_bleu4": round(bleu_val, 4),
         "val_cider": [], "val_bleu4": [], "train_reward": [], "sample_words": [],
     }
+    on_start({"val_cider": history["start_val_cider"], "val_bleu4": history["start_val_bleu4"]})
     best, best_weights, best_epoch, epochs_run = score, model.get_weights(), 0, 0
-    for epoch in range(int(params["scst_epochs"])):
+    for epoch in range(int(params["epochs"])):
         order = rng.permutation(len(train.rows))
         rewards_seen, words_seen = [], []
         for first in range(0, len(order), batch_images):
@@ -165,6 +169,7 @@ def self_critical(
         history["val_bleu4"].append(round(bleu_val, 4))
         history["train_reward"].append(round(float(np.mean(rewards_seen)), 4))
         history["sample_words"].append(round(float(np.mean(words_seen)), 2))
+        on_epoch({key: history[key][-1] for key in ("val_cider", "val_bleu4", "train_reward", "sample_words")})
         log(
             f"self-critical epoch {epoch + 1}: mean sample CIDEr-D {np.mean(rewards_seen):.3f}, "
             f"{np.mean(words_seen):.1f} words, val CIDEr-D {score:.3f}, BLEU-4 {bleu_val:.3f}"
@@ -177,9 +182,12 @@ def self_critical(
         if cap.passed():
             break
     model.set_weights(best_weights)
+    kept = best_epoch - 1
     return {
-        "scst_epochs_run": epochs_run,
-        "scst_best_epoch": best_epoch,
-        "scst_seconds": round(time.monotonic() - start, 1),
-        **{f"scst_{key}": value for key, value in history.items()},
+        "epochs_run": epochs_run,
+        "best_epoch": best_epoch,
+        "best_val_cider": history["val_cider"][kept] if best_epoch else history["start_val_cider"],
+        "best_val_bleu4": history["val_bleu4"][kept] if best_epoch else history["start_val_bleu4"],
+        "seconds": round(time.monotonic() - start, 1),
+        **history,
     }

@@ -1,4 +1,4 @@
-"""Train a decoder on whole captions (teacher forcing, masked loss), reading image features per batch."""
+"""The train stage: a decoder trained on whole captions (teacher forcing, masked loss), features read per batch."""
 
 from __future__ import annotations
 
@@ -181,7 +181,7 @@ def make_dataset(
     return ds.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(2)
 
 
-def _open_live(directory: str):
+def open_live(directory: str):
     """A DVCLive logger that still writes its files where dvclive's DVC probing fails (a repo with no commit)."""
     from dvclive import Live
 
@@ -237,7 +237,7 @@ def _callbacks(params: dict[str, Any], live_dir: str | None, monitor: str, cap: 
     if live_dir:
         from dvclive.keras import DVCLiveCallback
 
-        live = _open_live(live_dir)
+        live = open_live(live_dir)
         live.log_params({f"train.{k}": v for k, v in params.items()})
         extra.append(DVCLiveCallback(live=live))
     return [stop, plateau, cap.callback(), *extra], stop
@@ -290,7 +290,7 @@ def fit_decoder(
 
     The model computes in `params['precision']` (resolved: bfloat16 only where the hardware has it) on
     `params['devices']` devices (data-parallel through tf.distribute.MirroredStrategy above one). The model
-    returned is on one device, still in the training precision (self-critical training goes on in it).
+    returned is on one device, still in the training precision.
     """
     import contextlib
 
@@ -353,6 +353,18 @@ def copy_decoder(model, spec, dtype: str = "float32"):
     return copy
 
 
+def encoder_config(meta: dict[str, Any], feature_shape: tuple[int, ...]) -> dict[str, Any]:
+    """The bundle's `encoder` entry from the feature file's metadata: what rebuilds the encoder for new photos."""
+    return {
+        "name": meta.get("encoder"),
+        "weights": meta.get("weights"),
+        "weights_id": meta.get("weights_id"),
+        "input_size": meta.get("input_size"),
+        "preprocessing": meta.get("preprocessing"),
+        "output": meta.get("output", "grid" if len(feature_shape) == 3 else "pooled"),
+    }
+
+
 def run_train(
     params: dict[str, Any],
     features_dir: str | os.PathLike[str],
@@ -362,49 +374,23 @@ def run_train(
     live_dir: str | None,
     verbose: int | str = "auto",
 ) -> dict[str, Any]:
-    """The train stage: fit on the pipeline's outputs, write the bundle and metrics/train.json; return the metrics."""
+    """The train stage: cross-entropy on the pipeline's outputs; write the model (a bundle without LiteRT) and metrics.
+
+    The finetune stage reads that model and goes on with self-critical training (or passes it through).
+    """
     from captioner.core.atomic import write_json
     from captioner.model.bundle import make_config, save_bundle
-    from captioner.data.corpus import read_captions
 
     train_params = params["train"]
     start = time.monotonic()
     cap = TimeCap(train_params["max_minutes"], start)
-    self_critical_on = train_params["scst_epochs"] > 0
     data = load_train_data(features_dir, processed_dir, train_params["decoder"])
-    if self_critical_on:
-        captions = read_captions(Path(processed_dir) / "captions.json")
-        references = [captions.get(name, []) for name in data.image_names]
     model, summary = fit_decoder(data, train_params, params["seed"], live_dir=live_dir, verbose=verbose, cap=cap)
     spec = decoder_spec(train_params, len(data.vocab), data.feature_shape)
-    if self_critical_on and not cap.passed():
-        from captioner.model.scst import image_set, self_critical
-
-        summary.update(
-            self_critical(
-                model,
-                data.features,
-                data.vocab,
-                image_set(data.train.image_rows, references),
-                image_set(data.val.image_rows, references),
-                train_params,
-                params["seed"],
-                cap=cap,
-            )
-        )
-    if summary["precision"] != "float32":  # the bundle is float32 whatever the training precision
+    if summary["precision"] != "float32":  # the saved model is float32 whatever the training precision
         model = copy_decoder(model, spec)
     summary["time_cap_hit"] = cap.hit
     summary["total_seconds"] = round(time.monotonic() - start, 1)
-    meta = data.feature_meta
-    encoder = {
-        "name": meta.get("encoder"),
-        "weights": meta.get("weights"),
-        "weights_id": meta.get("weights_id"),
-        "input_size": meta.get("input_size"),
-        "preprocessing": meta.get("preprocessing"),
-        "output": meta.get("output", "grid" if len(data.feature_shape) == 3 else "pooled"),
-    }
     decoder = {
         "kind": train_params["decoder"],
         "embedding_dim": train_params["embedding_dim"],
@@ -415,13 +401,7 @@ def run_train(
         "vocab_size": len(data.vocab),
     }
     decoding = {"beam_size": DEFAULT_BEAM_SIZE, "max_length": data.vocab.max_length, "length_alpha": 1.0}
-    lite_encoder = None
-    saving = time.monotonic()
-    if train_params["litert"]:  # the bundle's encoder, converted with the decoder for a TensorFlow-free start
-        from captioner.vision.encoders import build_encoder
-
-        lite_encoder = build_encoder(encoder["name"], encoder["weights"], encoder["output"])
-    save_bundle(model_dir, model, data.vocab, make_config(encoder, data.feature_shape, decoder, decoding), lite_encoder)
-    summary["save_seconds"] = round(time.monotonic() - saving, 1)
+    config = make_config(encoder_config(data.feature_meta, data.feature_shape), data.feature_shape, decoder, decoding)
+    save_bundle(model_dir, model, data.vocab, config)
     write_json(metrics_path, summary)
     return summary

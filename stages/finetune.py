@@ -1,0 +1,26 @@
+"""DVC stage `finetune`: self-critical training of the train stage's model on CIDEr-D; write the bundle
+`captioner predict` reads, and metrics."""
+
+from captioner.core.params import load_params
+from captioner.core.stage import run_main, stage_args
+from captioner.model.finetune import run_finetune
+
+
+def main() -> None:
+    """Fine-tune with params.yaml's `scst` section and `seed`; print a summary."""
+    args = stage_args(__doc__, inputs=["features", "processed", "xe"], outputs=["model", "metrics", "live"])
+    params = load_params(args.params)
+    summary = run_finetune(params, args.features, args.processed, args.xe, args.model, args.metrics, str(args.live))
+    if summary["epochs_run"]:
+        print(
+            f"self-critical: {summary['epochs_run']} epochs in {summary['seconds']:.0f} s, greedy val CIDEr-D "
+            f"{summary['start_val_cider']} -> {summary['best_val_cider']}, BLEU-4 {summary['start_val_bleu4']} -> "
+            f"{summary['best_val_bleu4']} (kept epoch {summary['best_epoch']})"
+        )
+    else:
+        print("self-critical training off (scst.epochs 0): the cross-entropy model is the bundle")
+    print(f"finetune stage: {summary['total_seconds']:.0f} s in all")
+
+
+if __name__ == "__main__":
+    run_main(main)
