@@ -15,6 +15,7 @@ from captioner.data.datasets.raw import RawDataset, write_raw
 from captioner.data.datasets.sample import generate_sample
 from captioner.data.datasets.splitting import check_split_params
 from captioner.core.errors import CaptionerError
+from captioner.core.params import where
 
 SOURCES = ("sample", "folder", "archive", "kaggle", "karpathy")
 
@@ -39,7 +40,7 @@ def prepare_raw(data: dict[str, Any], out_dir: Path) -> RawDataset:
     """Build the raw dataset that `data` (params.yaml's data section) names, and write it to `out_dir`."""
     source = data["source"]
     if source not in SOURCES:
-        raise CaptionerError(f"params.yaml: data.source '{source}' is unknown (choose one of {', '.join(SOURCES)})")
+        raise CaptionerError(f"{where('data.source')}: data.source '{source}' is unknown (choose one of {', '.join(SOURCES)})")
     check_split_params(data)
     with scratch_dir(out_dir) as scratch:
         if source == "sample":
