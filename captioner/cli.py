@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from captioner.serving.api import RUNTIMES
-from captioner.core.errors import CaptionerError
+from captioner.core.errors import CaptionerError, printable
 
 if TYPE_CHECKING:
     from captioner.serving.api import Caption, Captioner
@@ -128,9 +128,9 @@ def run_predict(args: argparse.Namespace) -> int:
     else:
         for i, p in enumerate(paths):
             if i in results:
-                print(f"{p}\t{results[i].caption}")
+                print(f"{printable(str(p))}\t{results[i].caption}")
     for path, reason in errors.items():
-        print(f"error: {path}: {reason}", file=sys.stderr)
+        print(f"error: {printable(f'{path}: {reason}')}", file=sys.stderr)
     return 1 if errors else 0
 
 

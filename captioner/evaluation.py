@@ -17,6 +17,7 @@ from captioner.core.atomic import write_json, write_text
 from captioner.data.corpus import read_captions, read_splits
 from captioner.data.datasets.raw import SPLITS
 from captioner.core.errors import CaptionerError
+from captioner.core.params import where
 from captioner.vision.feature_store import FEATURES_FILE, FeatureReader
 
 if TYPE_CHECKING:
@@ -31,11 +32,11 @@ def split_images(splits_path: str | os.PathLike[str], split: str) -> list[str]:
     """Image names of `split` from splits.json; an unknown or empty split is a one-line error."""
     splits_path = Path(splits_path)
     if split not in SPLITS:
-        raise CaptionerError(f"params.yaml: evaluate.split must be one of {', '.join(SPLITS)}, got {split!r}")
+        raise CaptionerError(f"{where('evaluate.split')}: evaluate.split must be one of {', '.join(SPLITS)}, got {split!r}")
     names = read_splits(splits_path)[split]
     if not names:
         raise CaptionerError(
-            f"{splits_path}: split '{split}' has no images to evaluate (set evaluate.split: val in params.yaml)"
+            f"{splits_path}: split '{split}' has no images to evaluate (set evaluate.split: val in {where('evaluate.split')})"
         )
     return list(names)
 

@@ -3,6 +3,7 @@ model (read by `finetune`) and metrics."""
 
 import sys
 
+from captioner.core.native_logs import start_tensorflow
 from captioner.core.params import load_params, warn_useless
 from captioner.core.stage import run_main, stage_args
 from captioner.model.training import run_train
@@ -11,6 +12,7 @@ from captioner.model.training import run_train
 def main() -> None:
     """Train with params.yaml's `train` section and `seed`; print a summary."""
     args = stage_args(__doc__, inputs=["features", "processed"], outputs=["model", "metrics", "live"])
+    start_tensorflow()  # before any work: its CUDA probe lines are dropped on a machine without a GPU
     params = load_params(args.params)
     warn_useless(params, "train")
     verbose = "auto" if sys.stdout.isatty() else 2  # one line per epoch in logs (dvc repro pipes stdout)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import yaml
 
 from captioner.core.errors import CaptionerError
-from captioner.core.schema import Field, check, choice, integer, number, paths, text
+from captioner.core.schema import Field, check, choice, integer, number, paths, quote, text
 
 # Every setting the pipeline understands: "section.key" (or a top-level "key") -> kind, default, range.
 SETTINGS: dict[str, Field] = {
@@ -80,6 +80,8 @@ RULES: list[tuple[str, Callable[[dict[str, Any]], bool], str]] = [
      "train.captions_per_image must not exceed train.batch_size (a batch holds whole images)"),
     ("data.path", lambda p: p["data.source"] in ("folder", "archive", "karpathy") and p["data.path"] is None,
      "data.source folder, archive and karpathy need data.path (a folder, or one or more archive or split files)"),
+    ("data.test_fraction", lambda p: p["data.val_fraction"] + p["data.test_fraction"] >= 1,
+     "data.val_fraction + data.test_fraction must be below 1 (train gets the rest)"),
 ]
 
 
@@ -98,10 +100,79 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
 DEFAULTS: dict[str, Any] = _nest({key: field.default for key, field in SETTINGS.items()})
 
 
-def _key_lines(text_: str) -> dict[str, int]:
-    """1-based line of every key in the YAML text ("section" and "section.key")."""
+MAX_PARAMS_BYTES = 1 << 20  # a params file is a few kilobytes; refuse anything near a megabyte unread
+MAX_ALIASES = 100  # YAML `*alias` uses a params file may hold
+MAX_NODES = 10_000  # values in the parsed file, every alias counted as the copy it stands for
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+# The params file the last `load_params` read and the line of each of its keys, so checks that run later (a random
+# split that leaves train empty, a device count the machine lacks) can name the file and line that set the value.
+_LOADED: dict[str, Any] = {"path": "params.yaml", "lines": {}}
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses more than MAX_ALIASES alias uses while composing (an alias bomb)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.alias_uses = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        """Count alias events before PyYAML resolves them to the anchored node."""
+        if self.check_event(yaml.AliasEvent):
+            self.alias_uses += 1
+            if self.alias_uses > MAX_ALIASES:
+                line = self.peek_event().start_mark.line + 1
+                raise CaptionerError(f"{self.name}:{line}: more than {MAX_ALIASES} YAML aliases (*name); "
+                                     "a params file needs none")
+        return super().compose_node(parent, index)
+
+
+def _expanded_size(node: yaml.Node, path: str, sizes: dict[int, int], open_: set[int]) -> int:
+    """Values under `node` with every alias expanded (memoised per node, so a bomb is sized, never expanded)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_:
+        raise CaptionerError(f"{path}:{node.start_mark.line + 1}: a YAML alias refers to a value that holds it")
+    open_.add(id(node))
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    size = 1
+    for child in children:
+        size += _expanded_size(child, path, sizes, open_)
+        if size > MAX_NODES:
+            raise CaptionerError(f"{path}:{node.start_mark.line + 1}: more than {MAX_NODES} values once YAML "
+                                 "aliases are expanded; a params file holds a few dozen")
+    open_.discard(id(node))
+    sizes[id(node)] = size
+    return size
+
+
+def _refuse_duplicates(node: yaml.Node, path: str, seen: set[int]) -> None:
+    """A key given twice in one mapping is an error naming the key and both lines (YAML lets the last one win)."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != MERGE_TAG:
+                line = key_node.start_mark.line + 1
+                earlier = first.setdefault((key_node.tag, key_node.value), line)
+                if earlier != line:
+                    raise CaptionerError(f"{path}:{line}: duplicate key {quote(key_node.value)} "
+                                         f"(first at line {earlier}); keep one")
+    if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
+        for child in (node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]):
+            _refuse_duplicates(child, path, seen)
+
+
+def _key_lines(root: yaml.Node | None) -> dict[str, int]:
+    """1-based line of every key in the composed YAML ("section" and "section.key")."""
     lines: dict[str, int] = {}
-    root = yaml.compose(text_)
     if not isinstance(root, yaml.MappingNode):
         return lines
     for key_node, value_node in root.value:
@@ -112,13 +183,41 @@ def _key_lines(text_: str) -> dict[str, int]:
     return lines
 
 
+def read_settings_yaml(path: Path) -> tuple[Any, dict[str, int]]:
+    """A settings YAML file's value and the line of each key; one CaptionerError line for an unreadable, oversized,
+    duplicate-key or alias-bomb file, before any value is expanded."""
+    if path.stat().st_size > MAX_PARAMS_BYTES:
+        raise CaptionerError(f"{path}: {path.stat().st_size} bytes; a params file holds at most {MAX_PARAMS_BYTES}")
+    try:
+        source = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CaptionerError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+    loader = _BoundedLoader(source)
+    loader.name = str(path)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None, {}
+        _expanded_size(root, str(path), {}, set())
+        _refuse_duplicates(root, str(path), set())
+        return loader.construct_document(root), _key_lines(root)
+    except yaml.YAMLError as exc:
+        raise CaptionerError(f"{path}: not valid YAML: {str(exc).splitlines()[0][:200]}") from exc
+    except (TypeError, ValueError) as exc:  # an unhashable key (a list as a key), an integer of 5000 digits
+        raise CaptionerError(f"{path}: not a params file: {str(exc).splitlines()[0][:200]}") from exc
+    except RecursionError as exc:
+        raise CaptionerError(f"{path}: values nested too deeply; a params file has sections of key: value lines") from exc
+    finally:
+        loader.dispose()
+
+
 def _flatten(path: Path, raw: dict[str, Any], lines: dict[str, int]) -> dict[str, Any]:
     """Params file mapping -> {"section.key": value}; unknown keys and non-mapping sections are errors."""
     flat: dict[str, Any] = {}
     for key, value in raw.items():
         where = f"{path}:{lines.get(str(key), 1)}"
         if key not in DEFAULTS:
-            raise CaptionerError(f"{where}: unknown key '{key}' (known: {', '.join(DEFAULTS)})")
+            raise CaptionerError(f"{where}: unknown key {quote(key)} (known: {', '.join(DEFAULTS)})")
         if not isinstance(DEFAULTS[key], dict):
             flat[key] = value
             continue
@@ -129,8 +228,8 @@ def _flatten(path: Path, raw: dict[str, Any], lines: dict[str, int]) -> dict[str
                 raise CaptionerError(f"{path}:{lines.get(f'{key}.{sub}', 1)}: '{key}.{sub}' is now "
                                      f"'{RENAMED[f'{key}.{sub}']}' (the self-critical stage has its own section)")
             if sub not in DEFAULTS[key]:
-                raise CaptionerError(f"{path}:{lines.get(f'{key}.{sub}', 1)}: unknown key '{key}.{sub}' "
-                                     f"(known: {', '.join(DEFAULTS[key])})")
+                raise CaptionerError(f"{path}:{lines.get(f'{key}.{sub}', 1)}: unknown key "
+                                     f"{quote(f'{key}.{sub}')} (known: {', '.join(DEFAULTS[key])})")
             flat[f"{key}.{sub}"] = sub_value
     return flat
 
@@ -140,14 +239,8 @@ def load_params(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CaptionerError(f"{path}: params file not found (run from the project root)")
-    try:
-        source = path.read_text(encoding="utf-8")
-        raw = yaml.safe_load(source) or {}
-        lines = _key_lines(source)
-    except UnicodeDecodeError as exc:
-        raise CaptionerError(f"{path}: not UTF-8 text ({exc.reason})") from exc
-    except yaml.YAMLError as exc:
-        raise CaptionerError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
+    raw, lines = read_settings_yaml(path)
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise CaptionerError(f"{path}: expected a mapping of sections at the top level")
     flat = {key: field.default for key, field in SETTINGS.items()}
@@ -157,7 +250,15 @@ def load_params(path: str | os.PathLike[str]) -> dict[str, Any]:
         if broken(flat):
             where = f"{path}:{lines[key]}" if key in lines else str(path)
             raise CaptionerError(f"{where}: '{key}': {advice}")
+    _LOADED.update(path=str(path), lines=lines)
     return _nest(flat)
+
+
+def where(key: str) -> str:
+    """"file:line" of `key` in the params file the last `load_params` read ("file" alone when the key is not in it),
+    for errors found after loading; "params.yaml" before any file was read."""
+    line = _LOADED["lines"].get(key)
+    return f"{_LOADED['path']}:{line}" if line else _LOADED["path"]
 
 
 def useless_settings(params: dict[str, Any], section: str) -> list[str]:

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
 from captioner.core.errors import CaptionerError
+
+QUOTE_CHARS = 60  # the most characters of a value an error message quotes
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist = 2, 4, 4
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = QUOTE_CHARS
 
 KIND_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
               "paths": "a path or a list of paths", "list": "a list"}
@@ -41,6 +48,15 @@ class Field:
             words += f" < {self.below}"
         extra = [str(c) for c in self.choices] + (["null"] if self.nullable else [])
         return words + "".join(f" or {word}" for word in extra)
+
+
+def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
+    """`value`'s repr cut for a one-line message: a string to its first `limit` characters, anything else to a few
+    items two levels deep, so no message formats a huge value (or an expanded YAML alias bomb) in full."""
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    text_ = _REPR.repr(value)
+    return text_ if len(text_) <= limit else text_[:limit] + "..."
 
 
 def integer(default: int | None, low: int | None = None, high: int | None = None) -> Field:
@@ -94,9 +110,9 @@ def check(where: str, key: str, value: Any, field: Field) -> Any:
     if field.choices and value in field.choices:
         return value
     if not _kind_ok(field, value) or (field.choices and field.kind == "str"):
-        raise CaptionerError(f"{where}: '{key}' must be {field.describe()}, got {value!r}")
+        raise CaptionerError(f"{where}: '{key}' must be {field.describe()}, got {quote(value)}")
     too_low = field.low is not None and value < field.low
     too_high = (field.high is not None and value > field.high) or (field.below is not None and value >= field.below)
     if too_low or too_high:
-        raise CaptionerError(f"{where}: '{key}' must be {field.describe()}, got {value!r}")
+        raise CaptionerError(f"{where}: '{key}' must be {field.describe()}, got {quote(value)}")
     return value

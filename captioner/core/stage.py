@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from captioner.core.atomic import remove_stale
-from captioner.core.errors import CaptionerError
+from captioner.core.errors import CaptionerError, printable
 
 
 def run_main(main: Callable[[], None]) -> None:
@@ -16,14 +16,14 @@ def run_main(main: Callable[[], None]) -> None:
     try:
         main()
     except CaptionerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         sys.exit(1)
     except FileNotFoundError as exc:
-        print(f"error: file not found: {exc.filename or exc}", file=sys.stderr)
+        print(f"error: file not found: {printable(str(exc.filename or exc))}", file=sys.stderr)
         sys.exit(1)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"error: {where}{exc.strerror or str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {printable(where + (exc.strerror or str(exc).splitlines()[0]))}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -20,6 +20,7 @@ from captioner.core.errors import CaptionerError
 from captioner.core.jsonfile import read_json
 from captioner.core.schema import Field, check, choice, integer, number, text
 from captioner.data.text import MAX_LENGTH, RESERVED, Vocabulary
+from captioner.vision.encoders import ENCODERS
 
 MODEL_FILE = "decoder.keras"
 VOCAB_FILE = "vocab.json"
@@ -27,7 +28,11 @@ CONFIG_FILE = "config.json"
 BUNDLE_FORMAT = 1
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold
 SAVE_DATE = "1980-01-01@00:00:00"  # decoder.keras's metadata.json date_saved, in Keras' format
-MAX_FEATURE_DIM = 1 << 20
+# The registry's encoders fix input sizes and feature shapes: the ranges below come from them, and `_check_encoder`
+# holds a bundle that names one of them to its exact values (its LiteRT encoder was converted at that size). A name
+# outside the registry (features made elsewhere) can still be evaluated on stored features; predict refuses it.
+MAX_INPUT_SIZE = max(spec.input_size for spec in ENCODERS.values())
+MAX_FEATURE_DIM = max(max(spec.pooled_dim, *spec.grid_shape) for spec in ENCODERS.values())
 
 # Every value of config.json: "section.key" -> what it may be (a nullable value may also be absent).
 CONFIG_FIELDS: dict[str, Field] = {
@@ -35,7 +40,7 @@ CONFIG_FIELDS: dict[str, Field] = {
     "encoder.name": text(None),
     "encoder.weights": text(None),
     "encoder.weights_id": text(None, nullable=True),
-    "encoder.input_size": integer(None, 1, 8192),
+    "encoder.input_size": integer(None, 1, MAX_INPUT_SIZE),
     "encoder.preprocessing": text(None, nullable=True),
     "encoder.output": choice("grid", "grid", "pooled"),
     "feature_shape": Field("list"),
@@ -160,6 +165,23 @@ def _check_config(path: Path, config: dict[str, Any]) -> None:
     if len(shape) != dims:
         raise CaptionerError(f"{path}: 'feature_shape' {shape} does not fit encoder output "
                              f"{config['encoder']['output']!r} ({dims} dimensions)")
+    _check_encoder(path, config)
+
+
+def _check_encoder(path: Path, config: dict[str, Any]) -> None:
+    """The input size and feature shape must be those of the named encoder: any other size would resize photos
+    to a size the encoder (and the bundle's LiteRT file) was never built for."""
+    encoder = config["encoder"]
+    spec = ENCODERS.get(encoder["name"])
+    if spec is None:
+        return
+    if encoder["input_size"] != spec.input_size:
+        raise CaptionerError(f"{path}: 'encoder.input_size' is {encoder['input_size']} but {spec.name} takes "
+                             f"{spec.input_size}x{spec.input_size} images")
+    expected = list(spec.grid_shape) if encoder["output"] == "grid" else [spec.pooled_dim]
+    if list(config["feature_shape"]) != expected:
+        raise CaptionerError(f"{path}: 'feature_shape' {config['feature_shape']} but {spec.name} "
+                             f"{encoder['output']} features are {expected}")
 
 
 def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -198,6 +220,9 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
 
     from captioner.model.decoders import decoder_input_shape, decoder_kind, load_decoder
 
+    if not zipfile.is_zipfile(directory / MODEL_FILE):  # Keras would say "File not found" for a file that is there
+        raise CaptionerError(f"{directory / MODEL_FILE}: cannot load the decoder (not a valid Keras model file: "
+                             "not a .keras zip archive)")
     try:
         model = load_decoder(directory / MODEL_FILE)
     except Exception as exc:  # Keras raises many types for a corrupt or foreign file

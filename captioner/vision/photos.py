@@ -42,13 +42,12 @@ def read_header(source: Path | bytes, max_pixels: int | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-                size = image.size
+                _check_pixels(image.size, max_pixels)  # before the EXIF block, whose reading may fail
                 orientation = image.getexif().get(ExifTags.Base.Orientation, UPRIGHT)
     except Image.DecompressionBombError as exc:
         raise ImageRejected(f"too many pixels (decompression bomb guard): {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError):
         return UPRIGHT
-    _check_pixels(size, max_pixels)
     return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else UPRIGHT
 
 

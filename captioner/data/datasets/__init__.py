@@ -3,6 +3,7 @@ each turned into `data/raw/`."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ from captioner.data.datasets.raw import RawDataset, write_raw
 from captioner.data.datasets.sample import generate_sample
 from captioner.data.datasets.splitting import check_split_params
 from captioner.core.errors import CaptionerError
+from captioner.core.params import where
 
 SOURCES = ("sample", "folder", "archive", "kaggle", "karpathy")
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # as core/atomic.py: full disk, quota, file-size limit
 
 
 def _paths(value: Any) -> list[Path]:
@@ -35,31 +38,44 @@ def _why_empty(report: dict[str, Any]) -> str:
     return "no image has a file, captions and a split at once"
 
 
+def _build(source: str, data: dict[str, Any], scratch: Path) -> RawDataset:
+    """The raw dataset of `source`, unpacked or drawn into `scratch` where it needs files of its own."""
+    if source == "sample":
+        dataset = generate_sample(scratch, n_images=data["sample_images"], seed=data["sample_seed"])
+    elif source == "folder":
+        paths = _paths(data["path"])
+        if len(paths) != 1:
+            raise CaptionerError("data.path: data.source folder takes one folder")
+        dataset = load_folder(paths[0], data)
+    elif source == "archive":
+        for archive in _paths(data["path"]):
+            extract_archive(archive, scratch)
+        extract_nested(scratch)
+        shown = ", ".join(str(p) for p in _paths(data["path"]))
+        dataset = load_folder(scratch, data, shown_as=shown)
+        dataset.report["source_path"] = [str(p) for p in _paths(data["path"])]
+    elif source == "karpathy":
+        dataset = load_karpathy(_paths(data["path"]), data)
+    else:
+        dataset = load_folder(download_kaggle(data["kaggle_dataset"]), data)
+    return dataset
+
+
 def prepare_raw(data: dict[str, Any], out_dir: Path) -> RawDataset:
     """Build the raw dataset that `data` (params.yaml's data section) names, and write it to `out_dir`."""
     source = data["source"]
     if source not in SOURCES:
-        raise CaptionerError(f"params.yaml: data.source '{source}' is unknown (choose one of {', '.join(SOURCES)})")
+        raise CaptionerError(f"{where('data.source')}: data.source '{source}' is unknown "
+                             f"(choose one of {', '.join(SOURCES)})")
     check_split_params(data)
     with scratch_dir(out_dir) as scratch:
-        if source == "sample":
-            dataset = generate_sample(scratch, n_images=data["sample_images"], seed=data["sample_seed"])
-        elif source == "folder":
-            paths = _paths(data["path"])
-            if len(paths) != 1:
-                raise CaptionerError("data.path: data.source folder takes one folder")
-            dataset = load_folder(paths[0], data)
-        elif source == "archive":
-            for archive in _paths(data["path"]):
-                extract_archive(archive, scratch)
-            extract_nested(scratch)
-            shown = ", ".join(str(p) for p in _paths(data["path"]))
-            dataset = load_folder(scratch, data, shown_as=shown)
-            dataset.report["source_path"] = [str(p) for p in _paths(data["path"])]
-        elif source == "karpathy":
-            dataset = load_karpathy(_paths(data["path"]), data)
-        else:
-            dataset = load_folder(download_kaggle(data["kaggle_dataset"]), data)
+        try:
+            dataset = _build(source, data, scratch)
+        except OSError as exc:  # unpacking or drawing the sample in the scratch folder beside out_dir
+            if exc.errno in DISK_FULL:
+                raise CaptionerError(f"{exc.filename or scratch}: cannot write: {exc.strerror} (free some space "
+                                     f"beside {out_dir} and re-run)") from exc
+            raise
         if not dataset.image_files:
             raise CaptionerError(f"data.source {source}: no usable images: {_why_empty(dataset.report)}")
         dataset.report["source"] = source

@@ -11,7 +11,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from captioner.data.datasets.raw import RawDataset, finalize, read_captions_csv, read_token_file
+from captioner.data.datasets.raw import (RawDataset, finalize, links_leaving, read_captions_csv,
+                                         read_token_file)
 from captioner.data.datasets.splitting import choose_splits, matched_images
 from captioner.core.errors import CaptionerError
 
@@ -68,15 +69,16 @@ def load_folder(root: Path, data: dict[str, Any], shown_as: str | None = None) -
     else:
         captions, empty = read_token_file(captions_file)
         layout = "original"
-    image_files = {
-        p.name: p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-    }
+    image_files, outside = links_leaving(
+        {p.name: p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}, images_dir
+    )
     report = {
         "source_path": str(root),
         "layout": layout,
         "captions_file": str(captions_file.relative_to(root)),
         "images_dir": str(images_dir.relative_to(root)),
         "empty_captions_dropped": empty,
+        "links_leaving_images": outside,
     }
     captioned = matched_images(captions, image_files, f"{shown}: {report['captions_file']}",
                                f"{report['images_dir']}/")

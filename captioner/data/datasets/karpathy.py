@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from captioner.data.datasets.raw import RawDataset, finalize
+from captioner.data.datasets.raw import RawDataset, finalize, links_leaving
 from captioner.data.datasets.splitting import choose_splits
 from captioner.core.errors import CaptionerError
 
@@ -159,7 +159,7 @@ def load_karpathy(paths: list[Path], data: dict[str, Any]) -> RawDataset:
         )
     names = flat_names([e.rel for e in entries])
     captions = {name: entry.captions for name, entry in zip(names, entries)}
-    image_files = {names[i]: path for i, path in files.items()}
+    image_files, outside = links_leaving({names[i]: path for i, path in files.items()}, image_root)
     official: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for name, entry in zip(names, entries):
         official[SPLIT_OF[entry.split]].append(name)
@@ -176,5 +176,6 @@ def load_karpathy(paths: list[Path], data: dict[str, Any]) -> RawDataset:
         "restval_in_train": sum(e.split == "restval" for e in entries),
         "renamed": {name: str(e.rel) for name, e in zip(names, entries) if name != e.rel.name},
         "empty_captions_dropped": sum(e.empty for e in entries),
+        "links_leaving_images": outside,
     }
     return finalize(captions, splits, image_files, report)

@@ -11,6 +11,7 @@ import csv
 import io
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from captioner.core.atomic import atomic_dir, write_json
-from captioner.core.errors import CaptionerError
+from captioner.core.errors import CaptionerError, printable
 
 SPLITS = ("train", "val", "test")
 CAPTIONS_PER_IMAGE = 5
@@ -110,15 +111,45 @@ def read_token_file(path: Path) -> tuple[dict[str, list[str]], int]:
 
 
 def _few(names: list[str], k: int = 3) -> str:
-    """A short listing of names for a one-line warning."""
-    return ", ".join(names[:k]) + (", ..." if len(names) > k else "")
+    """A short listing of names for a one-line warning (control characters escaped)."""
+    return printable(", ".join(names[:k]) + (", ..." if len(names) > k else ""))
+
+
+def links_leaving(image_files: dict[str, Path], root: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """`image_files` without the symbolic links that lead out of `root` (as archives refuse them), and those links
+    {name: target}; one `warning:` line each on stderr. Links that stay inside `root` are kept."""
+    base = root.resolve()
+    kept: dict[str, Path] = {}
+    refused: dict[str, str] = {}
+    for name, path in image_files.items():
+        target = path.resolve()  # a file that is no link (at any level below `root`) resolves to itself, inside
+        if base in target.parents:
+            kept[name] = path
+            continue
+        refused[name] = str(target)
+        print(f"warning: {printable(f'{path}: symbolic link to {target} leaves {root}')}; skipped (copy the file "
+              "in instead)", file=sys.stderr)
+    return kept, refused
 
 
 def _undecodable(path: Path) -> str | None:
-    """The reason a file is not a readable image, or None when its header and structure check out."""
+    """The reason a file is not a usable image, or None when its header and structure check out.
+
+    An image over Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`; Pillow warns above it and refuses
+    above twice it) is refused here as extraction and `captioner predict` refuse it, from its header alone.
+    """
     try:
-        with Image.open(path) as img:
-            img.verify()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                limit = Image.MAX_IMAGE_PIXELS
+                if limit is not None and width * height > limit:
+                    return (f"too many pixels (decompression bomb guard): {width}x{height} = {width * height} "
+                            f"pixels, limit {limit}")
+                img.verify()
+    except Image.DecompressionBombError as exc:
+        return f"too many pixels (decompression bomb guard): {exc}".splitlines()[0]
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         return f"{type(exc).__name__}: {exc}".splitlines()[0]
     return None

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from captioner.core.errors import CaptionerError
+from captioner.core.params import where
 
 SPLIT_CHOICES = ("official", "random")
 
@@ -18,14 +19,14 @@ SPLIT_CHOICES = ("official", "random")
 def check_split_params(data: dict[str, Any]) -> None:
     """Refuse an unknown `data.split` or fractions that leave no room for train."""
     if data["split"] not in SPLIT_CHOICES:
-        raise CaptionerError(f"params.yaml: data.split '{data['split']}' is unknown (choose one of "
+        raise CaptionerError(f"{where('data.split')}: data.split '{data['split']}' is unknown (choose one of "
                              f"{', '.join(SPLIT_CHOICES)})")
     for key in ("val_fraction", "test_fraction"):
         if not 0 <= data[key] < 1:
-            raise CaptionerError(f"params.yaml: data.{key} must be at least 0 and below 1, got {data[key]}")
+            raise CaptionerError(f"{where(f'data.{key}')}: data.{key} must be at least 0 and below 1, got {data[key]}")
     if data["val_fraction"] + data["test_fraction"] >= 1:
-        raise CaptionerError(f"params.yaml: data.val_fraction + data.test_fraction must be below 1 (train gets the "
-                             f"rest), got {data['val_fraction']} + {data['test_fraction']}")
+        raise CaptionerError(f"{where('data.test_fraction')}: data.val_fraction + data.test_fraction must be below 1 "
+                             f"(train gets the rest), got {data['val_fraction']} + {data['test_fraction']}")
 
 
 def random_split(names: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[str]]:
@@ -75,10 +76,23 @@ def choose_splits(
         if listed & set(captioned):
             print(f"warning: data.split random on images of the {official_name}: scores will not compare with "
                   f"published ones (data.split: official keeps its split)", file=sys.stderr)
-        return random_split(captioned, data["val_fraction"], data["test_fraction"], data["split_seed"])
+        splits = random_split(captioned, data["val_fraction"], data["test_fraction"], data["split_seed"])
+        if not splits["train"]:
+            _refuse_empty_train(data, splits)
+        return splits
     if not listed & set(captioned):
         raise CaptionerError(
             f"{where}: none of the {len(captioned)} captioned images (e.g. {_example(captioned)}) is in the "
             f"{official_name} (e.g. {_example(listed)}); for your own images set data.split: random"
         )
     return official
+
+
+def _refuse_empty_train(data: dict[str, Any], splits: dict[str, list[str]]) -> None:
+    """A random split whose rounded val and test take every image: one line naming the fraction to lower."""
+    key = "val_fraction" if data["val_fraction"] >= data["test_fraction"] else "test_fraction"
+    total = sum(len(names) for names in splits.values())
+    raise CaptionerError(
+        f"{where(f'data.{key}')}: data.split random on {total} captioned images gives val {len(splits['val'])}, "
+        f"test {len(splits['test'])} and train none; lower data.{key} (now {data[key]}) so train keeps an image"
+    )
