@@ -1,6 +1,7 @@
 """DVC stage `finetune`: self-critical training of the train stage's model on CIDEr-D; write the bundle
 `captioner predict` reads, and metrics."""
 
+from captioner.core.native_logs import start_tensorflow
 from captioner.core.params import load_params
 from captioner.core.stage import run_main, stage_args
 from captioner.model.finetune import run_finetune
@@ -9,6 +10,7 @@ from captioner.model.finetune import run_finetune
 def main() -> None:
     """Fine-tune with params.yaml's `scst` section and `seed`; print a summary."""
     args = stage_args(__doc__, inputs=["features", "processed", "xe"], outputs=["model", "metrics", "live"])
+    start_tensorflow()  # before any work: its CUDA probe lines are dropped on a machine without a GPU
     params = load_params(args.params)
     summary = run_finetune(params, args.features, args.processed, args.xe, args.model, args.metrics, str(args.live))
     if summary["epochs_run"]:

@@ -64,11 +64,10 @@ def run_finetune(
     import keras
     import tensorflow as tf
 
-    from captioner.core.atomic import write_json
     from captioner.core.precision import keras_policy, resolve_precision
     from captioner.model.bundle import load_bundle, save_bundle
     from captioner.model.decoders import build_decoder
-    from captioner.model.training import TimeCap, copy_decoder, load_train_data
+    from captioner.model.training import TimeCap, copy_decoder, load_train_data, write_metrics
 
     scst = params["scst"]
     start = time.monotonic()
@@ -110,5 +109,5 @@ def run_finetune(
     save_bundle(model_dir, model, xe.vocab, xe.config, encoder)
     summary["save_seconds"] = round(time.monotonic() - saving, 1)
     summary["total_seconds"] = round(time.monotonic() - start, 1)
-    write_json(metrics_path, summary)
+    write_metrics(metrics_path, summary)
     return summary

@@ -197,6 +197,17 @@ def open_live(directory: str):
     return RobustLive(directory, save_dvc_exp=False, dvcyaml=None, report=None)
 
 
+CLOCK_KEYS = ("wall_seconds", "captions_per_second", "seconds", "save_seconds", "total_seconds")
+
+
+def write_metrics(path: str | os.PathLike[str], summary: dict[str, Any]) -> None:
+    """Write a stage's metrics without its wall-clock entries: the same run gives the same file, so a fresh
+    `dvc repro` of committed results leaves `git status` and `dvc status` clean (the stage prints its times)."""
+    from captioner.core.atomic import write_json
+
+    write_json(path, {key: value for key, value in summary.items() if key not in CLOCK_KEYS})
+
+
 class TimeCap:
     """The stage's safety cap on wall-clock time: epochs decide the result; the cap only ends a runaway run."""
 
@@ -378,7 +389,6 @@ def run_train(
 
     The finetune stage reads that model and goes on with self-critical training (or passes it through).
     """
-    from captioner.core.atomic import write_json
     from captioner.model.bundle import make_config, save_bundle
 
     train_params = params["train"]
@@ -403,5 +413,5 @@ def run_train(
     decoding = {"beam_size": DEFAULT_BEAM_SIZE, "max_length": data.vocab.max_length, "length_alpha": 1.0}
     config = make_config(encoder_config(data.feature_meta, data.feature_shape), data.feature_shape, decoder, decoding)
     save_bundle(model_dir, model, data.vocab, config)
-    write_json(metrics_path, summary)
+    write_metrics(metrics_path, summary)
     return summary
