@@ -118,7 +118,10 @@ def test_a_self_critical_change_reverted_comes_back_from_the_run_cache(repo):
     before = {p.name: p.read_bytes() for p in (repo / "models/captioner").iterdir()}
     edit_params(repo, scst={"learning_rate": 0.003, "litert": False})
     try:
-        assert ran_stages(dvc(repo, "repro").stdout) == {"finetune", "evaluate"}  # train comes from its cache
+        first = dvc(repo, "repro").stdout
+        assert ran_stages(first) - {"evaluate"} == {"finetune"}, first  # train stays as it is
+        # evaluate runs, or comes from the run cache when an earlier test already evaluated the same bundle
+        assert "evaluate" in ran_stages(first) or "Stage 'evaluate' is cached" in first, first
         assert {p.name: p.read_bytes() for p in (repo / "models/captioner").iterdir()} != before
         edit_params(repo, scst={"learning_rate": 0.0001, "litert": True})
         back = dvc(repo, "repro").stdout
