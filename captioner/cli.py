@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--beam-size", type=int, default=None, help="beam width (1 = greedy; default: the bundle's)")
     predict.add_argument("--batch-size", type=int, default=32, help="images per encoder batch (default: %(default)s)")
     predict.add_argument("--json", action="store_true",
-                         help="print a JSON list of {image, caption, log_prob, alternatives}")
+                         help="print a JSON list of {image, caption, log_prob, score, alternatives}")
     predict.add_argument("--explain", metavar="OUT_DIR", default=None,
                          help="also write OUT_DIR/<image stem>.png: the photo, its caption and a heatmap per word")
     predict.add_argument("--runtime", choices=RUNTIMES, default="auto", help=RUNTIME_HELP)

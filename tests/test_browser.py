@@ -6,6 +6,7 @@ is skipped, except where CAPTIONER_REQUIRE_BROWSER=1 (CI's .ci/run sets it) make
 """
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -55,12 +56,21 @@ def test_page_captions_an_uploaded_photo_with_heatmaps(tmp_path):
             page = browser.new_page(viewport={"width": 1100, "height": 900})
             page.goto(url)
             page.wait_for_function("document.getElementById('model').textContent.includes('attention decoder')")
+            model = page.text_content("#model")
+            assert model.startswith("model captioner ·") and str(tmp_path) not in model  # its name, not its path
             page.set_input_files("#file", str(photo))
             page.wait_for_selector("#result:not([hidden])", timeout=60_000)
             caption = page.text_content("#caption")
             words = caption.split()
             assert words and page.text_content("#status") == "captioned photo.jpg"
             assert page.locator("#beams li").count() == 2  # beam 3: two other beams, each with its score
+            beams = page.locator("#beams li").all_text_contents()
+            shown = [float(page.text_content("#score"))]
+            for beam in beams:  # "caption (score S, log-probability L)", ranked by S
+                match = re.search(r"\(score (-?[0-9.]+), log-probability (-?[0-9.]+)\)$", beam)
+                assert match, beam
+                shown.append(float(match[1]))
+            assert shown == sorted(shown, reverse=True) and "ranked by score" in page.text_content("#result")
             assert page.locator("#heatmaps canvas").count() == len(words)
             labels = page.locator("#heatmaps figcaption").all_text_contents()
             assert labels == words

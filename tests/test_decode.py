@@ -120,6 +120,15 @@ def test_beam_search_reports_every_beam_with_its_log_prob(kind):
                 np.testing.assert_allclose(maps.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_beams_carry_the_length_normalised_score_they_are_ranked_by():
+    model, images = make("merge", seed=2)
+    for beams in CaptionDecoder(model, max_length=8).beam_search(images, 4, length_alpha=0.7):
+        assert beams.scores == sorted(beams.scores, reverse=True)
+        for ids, log_prob, score in zip(beams.ids, beams.log_probs, beams.scores):
+            length = len(ids) + 1 if len(ids) < 7 else len(ids)  # <end> counts; a beam cut at max length has none
+            assert score == pytest.approx(log_prob / length**0.7, rel=1e-5)
+
+
 def test_attention_maps_follow_the_image():
     model, images = make("attention", seed=4)
     found = CaptionDecoder(model, max_length=8, attention=True).beam_search(images[:2], 1)

@@ -12,7 +12,7 @@ from captioner.serving.explain import explanation_figure, explanation_paths, loa
 def caption(words, grid=(3, 3), attention=True):
     rng = np.random.default_rng(len(words))
     maps = rng.random((len(words), *grid)).astype(np.float32) if attention else None
-    return Caption(" ".join(words), -2.5, list(words), [Beam("another caption", -3.0)], maps)
+    return Caption(" ".join(words), -2.5, -2.5 / (len(words) + 1), list(words), [Beam("another caption", -3.0, -1.0)], maps)
 
 
 @pytest.fixture

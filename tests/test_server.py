@@ -1,9 +1,12 @@
-"""`captioner serve`: page, /health, /api/caption JSON, 4xx JSON errors that leave the server serving, concurrency."""
+"""`captioner serve`: page, /health, /api/caption JSON, 4xx JSON errors that leave the server serving, concurrency,
+the bounded queue (503), no filesystem paths shown."""
 
 import io
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,13 +23,20 @@ PIXEL_LIMIT = 1_000_000
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def loaded(tmp_path_factory):
     from captioner.serving.api import Captioner
-    from captioner.serving.server import create_app, warm_up
+    from captioner.serving.server import warm_up
 
     captioner = Captioner.load(make_bundle(tmp_path_factory.mktemp("serve") / "captioner", litert=True))
     warm_up(captioner)
-    with running_server(create_app(captioner, max_upload_bytes=UPLOAD_LIMIT, max_pixels=PIXEL_LIMIT)) as url:
+    return captioner
+
+
+@pytest.fixture(scope="module")
+def server(loaded):
+    from captioner.serving.server import create_app
+
+    with running_server(create_app(loaded, max_upload_bytes=UPLOAD_LIMIT, max_pixels=PIXEL_LIMIT)) as url:
         yield url
 
 
@@ -46,8 +56,24 @@ def test_page_and_health(server):
     assert page.status_code == 200 and 'id="drop"' in page.text and "/static/app.js" in page.text
     assert httpx.get(f"{server}/static/app.js").status_code == 200
     health = httpx.get(f"{server}/health").json()
-    assert health["status"] == "ok" and health["model"].endswith("captioner")
+    assert health["status"] == "ok" and health["model"] == "captioner"
     assert health["decoder"] == "attention" and health["encoder"] == "efficientnet_lite0 grid"
+
+
+def test_head_requests_are_answered(server):
+    for path in ("/", "/health"):
+        response = httpx.head(f"{server}{path}")
+        assert response.status_code == 200 and response.content == b"", path
+
+
+def test_no_filesystem_path_is_shown(server, loaded, photo):
+    folder = str(loaded.source)
+    assert folder.startswith("/") and folder.endswith("/captioner")
+    health = httpx.get(f"{server}/health")
+    answer = post(server, photo)
+    assert health.json()["model"] == "captioner" and answer.json()["model"] == "captioner"
+    for text in (health.text, answer.text, httpx.get(server).text, httpx.get(f"{server}/static/app.js").text):
+        assert folder not in text and str(Path(folder).parent) not in text
 
 
 def test_web_files_fetch_nothing_from_the_internet():
@@ -62,6 +88,8 @@ def test_caption_returns_caption_beams_and_attention(server, photo):
     body = response.json()
     assert body["caption"] == " ".join(body["words"]) and body["beam_size"] == 3
     assert len(body["alternatives"]) == 2 and all(alt["log_prob"] < 0 for alt in body["alternatives"])
+    scores = [body["score"], *(alt["score"] for alt in body["alternatives"])]
+    assert scores == sorted(scores, reverse=True)  # ranked by the length-normalised score, which the page shows
     assert body["grid"] == [7, 7] and len(body["attention"]) == len(body["words"])
     np.testing.assert_allclose(np.sum(body["attention"], axis=(1, 2)), 1.0, atol=1e-3)
     assert post(server, photo).json()["beam_size"] == 3  # the bundle's default
@@ -116,6 +144,36 @@ def test_eight_concurrent_requests_are_all_answered(server, photo):
     assert all(len(captions) == 1 for captions in by_beam.values())  # same answer as when alone
 
 
+def test_an_ordinary_photo_gets_the_same_caption_as_from_the_api(server, loaded, photo):
+    expected = loaded.caption([photo], 3)[0]
+    body = post(server, photo, beam=3).json()
+    assert body["caption"] == expected.caption and body["log_prob"] == pytest.approx(expected.log_prob, abs=1e-4)
+
+
+def test_a_full_queue_answers_503_with_one_line_and_the_server_recovers(loaded, photo, monkeypatch):
+    from captioner.serving.server import create_app
+
+    entered, release = threading.Event(), threading.Event()
+    real = loaded.caption_inputs
+
+    def held(inputs, beam_size=None):
+        entered.set()
+        assert release.wait(30)
+        return real(inputs, beam_size)
+
+    monkeypatch.setattr(loaded, "caption_inputs", held)
+    with running_server(create_app(loaded, max_queue=1)) as url, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(post, url, photo)
+        assert entered.wait(30)  # the one admitted upload is on the worker
+        busy = post(url, photo)
+        release.set()
+        assert first.result().status_code == 200
+        assert busy.status_code == 503 and busy.headers["retry-after"].isdigit()
+        error = busy.json()["error"]
+        assert error.startswith("server busy") and "\n" not in error
+        assert post(url, photo).status_code == 200  # the queue drained
+
+
 def test_captioner_serve_command_serves_until_interrupted(tmp_path):
     import signal
     import socket
@@ -138,7 +196,7 @@ def test_captioner_serve_command_serves_until_interrupted(tmp_path):
             except httpx.TransportError:
                 assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "timeout"
                 time.sleep(0.5)
-        assert health["model"] == str(bundle) and health["decoder"] == "merge" and health["attention"] is False
+        assert health["model"] == "captioner" and health["decoder"] == "merge" and health["attention"] is False
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)

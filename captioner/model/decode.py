@@ -25,11 +25,13 @@ class Beams:
     """One image's finished beams, best first (by log p / length**alpha).
 
     ids: token ids without <end>; log_probs: each beam's summed log-probability (its <end> included);
+    scores: what the beams are ranked by, log p / length**alpha (length counts <end>);
     attention: per beam, (len(ids), L) attention weights over the grid cells for each word, or None.
     """
 
     ids: list[list[int]]
     log_probs: list[float]
+    scores: list[float]
     attention: list[np.ndarray] | None
 
 
@@ -132,13 +134,15 @@ class BeamDecoder:
             h, c = h[rows], c[rows]
             if maps is not None:
                 maps = np.concatenate([maps[rows], att[rows][:, None]], axis=1)
-        order = np.argsort(-(scores / lengths**alpha).reshape(n, k), axis=1, kind="stable")
+        ranked = scores / lengths**alpha
+        order = np.argsort(-ranked.reshape(n, k), axis=1, kind="stable")
         found = []
         for i in range(n):
             rows = i * k + order[i]
             ids = [_strip(seqs[row]) for row in rows]
             attention = None if maps is None else [_word_maps(seqs[row], maps[row]) for row in rows]
-            found.append(Beams(ids=ids, log_probs=[float(scores[row]) for row in rows], attention=attention))
+            found.append(Beams(ids=ids, log_probs=[float(scores[row]) for row in rows],
+                               scores=[float(ranked[row]) for row in rows], attention=attention))
         return found
 
 

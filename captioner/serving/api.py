@@ -30,18 +30,20 @@ RUNTIMES = ("auto", "keras", "litert")
 
 @dataclass
 class Beam:
-    """Another caption beam search found, with its summed log-probability."""
+    """Another caption beam search found, with its summed log-probability and its ranking score."""
 
     caption: str
     log_prob: float
+    score: float  # what beams are ranked by: log_prob / length**length_alpha
 
 
 @dataclass
 class Caption:
-    """One image's result: the chosen caption and the alternatives, best first."""
+    """One image's result: the chosen caption and the alternatives, best first (by `score`)."""
 
     caption: str
     log_prob: float
+    score: float  # log_prob / length**length_alpha, the length-normalised score beams are ranked by
     words: list[str]
     alternatives: list[Beam]
     attention: np.ndarray | None  # (len(words), h, w): where the decoder looked for each word; None without attention
@@ -51,8 +53,10 @@ class Caption:
         out: dict[str, Any] = {
             "caption": self.caption,
             "log_prob": round(self.log_prob, 4),
+            "score": round(self.score, 4),
             "words": self.words,
-            "alternatives": [{"caption": b.caption, "log_prob": round(b.log_prob, 4)} for b in self.alternatives],
+            "alternatives": [{"caption": b.caption, "log_prob": round(b.log_prob, 4), "score": round(b.score, 4)}
+                             for b in self.alternatives],
         }
         if attention:
             out["attention"] = None if self.attention is None else np.round(self.attention, 4).tolist()
@@ -220,6 +224,16 @@ class Captioner:
             found = self._decoder.beam_search(feats, beam, alpha, progress=bar.update)
         return [self._result(beams) for beams in found]
 
+    def caption_inputs(self, inputs: np.ndarray, beam_size: int | None = None) -> list[Caption]:
+        """Caption encoder inputs already decoded and squashed: (n, size, size, 3) float32 0-255.
+
+        For callers that decode photos their own way (the server bounds the memory of large uploads).
+        """
+        expected = (self.input_size, self.input_size, 3)
+        if inputs.ndim != 4 or tuple(inputs.shape[1:]) != expected:
+            raise CaptionerError(f"encoder inputs must be (n, {', '.join(map(str, expected))}), got {inputs.shape}")
+        return self.caption_features(self._encode(inputs.astype(np.float32, copy=False)), beam_size)
+
     def encode(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Encoder features (n, *feature_shape) of in-memory or on-disk images, as extraction stores them."""
         from captioner.vision.photos import photo_input, resize_photo, to_rgb_array
@@ -299,5 +313,6 @@ class Captioner:
         attention = None
         if beams.attention is not None and self.grid_shape is not None:
             attention = beams.attention[0].reshape(len(words), *self.grid_shape).astype(np.float32)
-        alternatives = [Beam(vocab.decode(ids), lp) for ids, lp in zip(beams.ids[1:], beams.log_probs[1:])]
-        return Caption(" ".join(words), beams.log_probs[0], words, alternatives, attention)
+        alternatives = [Beam(vocab.decode(ids), lp, score)
+                        for ids, lp, score in zip(beams.ids[1:], beams.log_probs[1:], beams.scores[1:])]
+        return Caption(" ".join(words), beams.log_probs[0], beams.scores[0], words, alternatives, attention)

@@ -143,3 +143,38 @@ def resize_photo(image: np.ndarray, size: int) -> np.ndarray:
 def photo_input(data: bytes, size: int, max_pixels: int | None = None) -> np.ndarray:
     """Encoded bytes -> the encoder's (size, size, 3) float32 input, 0-255, upright."""
     return resize_photo(decode_photo(data, max_pixels), size)
+
+
+# The server's decoding: bounded memory for large uploads (a separate path; extraction and predict use the above).
+REDUCE_ABOVE = 16_000_000  # pixels: up to here (a 12-16 MP camera photo) `photo_input_reduced` equals `photo_input`
+SOURCE_PER_OUTPUT = 4  # a reduced image keeps at least this many source pixels per output pixel along each axis
+
+
+def photo_input_reduced(data: bytes, size: int, max_pixels: int | None = None,
+                        reduce_above: int = REDUCE_ABOVE) -> np.ndarray:
+    """`photo_input` whose memory stays bounded for large images (the server's path).
+
+    Up to `reduce_above` pixels the result is exactly `photo_input`'s. Above it, a JPEG decodes at 1/2, 1/4
+    or 1/8 scale (libjpeg's DCT scaling, Pillow's `draft`; never below `SOURCE_PER_OUTPUT` x `size` per axis)
+    and other formats are box-reduced by whole factors to that size right after decoding, so a 49-megapixel
+    image costs one decoded copy (a JPEG not even that) instead of four, and the antialiased squash then
+    sees a smaller image; the numbers differ slightly from `photo_input`'s. ImageRejected above `max_pixels`.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                _check_pixels(image.size, max_pixels)
+                if image.width * image.height <= reduce_above:
+                    return resize_photo(to_rgb_array(image), size)
+                keep = SOURCE_PER_OUTPUT * size
+                if image.format == "JPEG":
+                    image.draft(None, (keep, keep))
+                rgb = image if image.mode == "RGB" else image.convert("RGB")
+                factors = (max(1, rgb.width // keep), max(1, rgb.height // keep))
+                small = rgb.reduce(factors) if factors != (1, 1) else rgb
+                return resize_photo(to_rgb_array(small), size)
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected(f"too many pixels (decompression bomb guard): {exc}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise CaptionerError(describe_bytes(data)) from exc

@@ -56,13 +56,14 @@ function drawHeatmap(canvas, bitmap, grid) {
 async function render(file, result) {
   $("photo").src = URL.createObjectURL(file);
   $("caption").textContent = result.caption || "(empty caption)";
+  $("score").textContent = result.score.toFixed(3);
   $("logprob").textContent = result.log_prob.toFixed(3);
   $("timing").textContent = `beam ${result.beam_size}, ${(1000 * result.seconds).toFixed(0)} ms`;
   const beams = $("beams");
   beams.replaceChildren();
   for (const alt of result.alternatives) {
     const li = document.createElement("li");
-    li.textContent = `${alt.caption || "(empty)"} (${alt.log_prob.toFixed(3)})`;
+    li.textContent = `${alt.caption || "(empty)"} (score ${alt.score.toFixed(3)}, log-probability ${alt.log_prob.toFixed(3)})`;
     beams.append(li);
   }
   if (!result.alternatives.length) beams.append(Object.assign(document.createElement("li"), {textContent: "none (beam size 1)"}));
