@@ -155,3 +155,24 @@ def test_extraction_discards_tampered_pieces_and_writes_what_an_uninterrupted_ru
     assert "resumed: 1 of 9 images were already encoded" in err
     assert (out / "features.h5").read_bytes() == whole
     assert not store.folder.exists()
+
+
+def test_an_encoder_giving_nan_stops_extraction_naming_the_image(tmp_path, monkeypatch):
+    images = tmp_path / "Images"
+    images.mkdir()
+    for i, name in enumerate(("a.jpg", "b.jpg", "c.jpg")):
+        save_image(images / name, i)
+
+    def encode(model, paths, input_size, batch_size, dtype, progress=True):  # as damaged weights would
+        features = np.ones((len(paths), 1280), dtype=dtype)
+        features[1, 7] = np.nan
+        return list(range(len(paths))), features
+
+    monkeypatch.setattr(extraction, "build_encoder", lambda *args: None)
+    monkeypatch.setattr(extraction, "encode_images", encode)
+    params = {"encoder": "efficientnet_lite0", "weights": "imagenet", "output": "pooled", "batch_size": 2,
+              "precision": "float32"}
+    with pytest.raises(CaptionerError, match=r"1 feature rows hold NaN or infinite values: row 1 \(b.jpg\) "
+                                             r"\(damaged encoder weights\?\)$"):
+        run_extraction(images, tmp_path / "features", params)
+    assert not (tmp_path / "features").exists() and not list(resume_folder(tmp_path / "features").glob("*.npz"))
