@@ -11,6 +11,7 @@ import contextlib
 import errno
 import glob
 import json
+import math
 import os
 import secrets
 import shutil
@@ -130,6 +131,27 @@ def write_text(target: str | os.PathLike[str], text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def first_nonfinite(data: Any, where: str = "") -> tuple[str, float] | None:
+    """(path such as `scst_val_cider[2]`, value) of the first NaN or infinite float in `data`, or None."""
+    if isinstance(data, float):
+        return None if math.isfinite(data) else (where or "the value", data)
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, (list, tuple)) else ()
+    for key, value in items:
+        found = first_nonfinite(value, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}".lstrip("."))
+        if found:
+            return found
+    return None
+
+
 def write_json(target: str | os.PathLike[str], data: Any) -> None:
-    """Write `data` as indented JSON to `target` atomically."""
-    write_text(target, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """Write `data` as indented strict JSON to `target` atomically; NaN or infinity is a one-line error naming
+    the file and key (JSON has no such numbers: a bare `NaN` breaks every reader but Python's)."""
+    try:
+        text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
+    except ValueError as exc:
+        found = first_nonfinite(data)
+        if found is None:
+            raise
+        raise CaptionerError(f"{target}: refusing to write {found[0]} = {found[1]} "
+                             f"(JSON has no NaN or infinity)") from exc
+    write_text(target, text + "\n")

@@ -23,6 +23,7 @@ from captioner.data.text import MAX_LENGTH, RESERVED, Vocabulary
 from captioner.vision.encoders import ENCODERS
 
 MODEL_FILE = "decoder.keras"
+WEIGHTS_ENTRY = "model.weights.h5"  # the weights inside a .keras zip
 VOCAB_FILE = "vocab.json"
 CONFIG_FILE = "config.json"
 BUNDLE_FORMAT = 1
@@ -212,11 +213,43 @@ def read_vocab(directory: str | os.PathLike[str], config: dict[str, Any]) -> Voc
     return vocab
 
 
+def check_weights(directory: str | os.PathLike[str]) -> None:
+    """Refuse a decoder.keras whose weights hold NaN or infinity (a diverged training) in one line naming the first
+    such variable; reads the weights inside the zip with h5py, without TensorFlow. An unreadable file is left
+    to the loader's own error."""
+    import io
+
+    import h5py
+    import numpy as np
+
+    path = Path(directory) / MODEL_FILE
+    try:
+        with zipfile.ZipFile(path) as archive:
+            weights = h5py.File(io.BytesIO(archive.read(WEIGHTS_ENTRY)), "r")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return
+
+    def nonfinite(name: str, node) -> tuple[str, int] | None:  # a value other than None ends the visit
+        if isinstance(node, h5py.Dataset) and node.dtype.kind == "f":
+            values = node[()]
+            bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+            return (name, bad) if bad else None
+        return None
+
+    with weights:
+        found = weights.visititems(nonfinite)
+    if found:
+        name, bad = found
+        raise CaptionerError(f"{path}: weights {name} hold {bad} NaN or infinite values (the training diverged; "
+                             f"retrain with `dvc repro train`)")
+
+
 def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
     """Load a bundle and check that its files agree (vocabulary vs model output, feature shape vs model input)."""
     directory = Path(directory)
     config = read_config(directory)
     vocab = read_vocab(directory, config)
+    check_weights(directory)
 
     from captioner.model.decoders import decoder_input_shape, decoder_kind, load_decoder
 

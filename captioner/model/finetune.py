@@ -6,18 +6,12 @@ this stage (and evaluate); `scst.epochs: 0` passes the cross-entropy model throu
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 CURVES = ("val_cider", "val_bleu4", "train_reward", "sample_words")  # DVCLive metrics, one point per epoch
-
-
-def _json_number(value: Any) -> Any:
-    """NaN (no val split to score) becomes null: metrics files are strict JSON."""
-    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def _decoder_spec(config: dict[str, Any]):
@@ -43,7 +37,7 @@ def _curve_logger(live_dir: str | None, params: dict[str, Any]):
 
     def log(scores: dict[str, float]) -> None:
         for name in CURVES:
-            if name in scores and not math.isnan(scores[name]):
+            if scores.get(name) is not None:  # None: no val split to score
                 live.log_metric(name, scores[name])
         live.next_step()
 
@@ -95,7 +89,7 @@ def run_finetune(
             on_start=log_curve,
         )
         close_curves()
-        summary.update({key: _json_number(value) for key, value in history.items()})
+        summary.update(history)
         if precision != "float32":  # the bundle is float32 whatever the training precision
             model = copy_decoder(model, spec)
     summary["time_cap_hit"] = cap.hit

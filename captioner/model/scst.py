@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from captioner.model.cider import CiderD
+from captioner.model.finite import require_finite, rounded
 from captioner.data.text import PAD_ID, START_ID, Vocabulary
 
 _VAL_CHUNK = 256  # images decoded per read when scoring val
@@ -66,7 +67,8 @@ def val_scores(decoder, features: np.ndarray, images: ImageSet, vocab: Vocabular
 
 
 def policy_step(model, learning_rate: float, vocab_size: int) -> Callable:
-    """A compiled step `(images, inputs, targets, weights) -> loss` of the exact policy gradient.
+    """A compiled step `(images, inputs, targets, weights) -> loss` of the exact policy gradient (NaN when a
+    gradient is NaN or infinite, so the caller stops on a diverging step even if its loss was finite).
 
     The log-probabilities are those of the policy that drew the samples: dropout off (sampling runs with
     training=False) and pad/start/unk removed from the softmax (sampling never picks them). A gradient taken
@@ -91,8 +93,9 @@ def policy_step(model, learning_rate: float, vocab_size: int) -> Callable:
             log_probs = tf.nn.log_softmax(logits + banned)
             chosen = tf.gather(log_probs, targets, batch_dims=1)  # (P,) log p of each sampled token
             loss = -tf.reduce_sum(chosen * weights)
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return loss
+        gradients = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(gradients, variables))
+        return loss + 0.0 * tf.linalg.global_norm(gradients)  # NaN when a gradient is, though the loss is finite
 
     def step(images, inputs, targets, weights):
         real = targets != PAD_ID
@@ -141,7 +144,7 @@ def self_critical(
 
     score, bleu_val = score_val()
     history = {
-        "start_val_cider": round(score, 4), "start_val_bleu4": round(bleu_val, 4),
+        "start_val_cider": rounded(score, 4), "start_val_bleu4": rounded(bleu_val, 4),
         "val_cider": [], "val_bleu4": [], "train_reward": [], "sample_words": [],
     }
     on_start({"val_cider": history["start_val_cider"], "val_bleu4": history["start_val_bleu4"]})
@@ -157,16 +160,17 @@ def self_critical(
             samples = decoder.sample(images, k, rng)
             captions = [vocab.decode(row) for row in samples]
             rewards = reward.scores(np.repeat(local, k), captions)
-            rewards_seen.append(float(rewards.mean()))
+            rewards_seen.append(require_finite(rewards.mean(), f"the self-critical reward at epoch {epoch + 1}"))
             words_seen.append(float(np.mean([len(c.split()) for c in captions])))
             inputs, targets, weights = policy_batch(samples, rewards, k)
-            step(images, inputs, targets, weights)
+            loss = step(images, inputs, targets, weights)
+            require_finite(loss, f"the self-critical loss or gradient at epoch {epoch + 1}")
         if not rewards_seen:
             break
         epochs_run = epoch + 1
         score, bleu_val = score_val()
-        history["val_cider"].append(round(score, 4))
-        history["val_bleu4"].append(round(bleu_val, 4))
+        history["val_cider"].append(rounded(score, 4))
+        history["val_bleu4"].append(rounded(bleu_val, 4))
         history["train_reward"].append(round(float(np.mean(rewards_seen)), 4))
         history["sample_words"].append(round(float(np.mean(words_seen)), 2))
         on_epoch({key: history[key][-1] for key in ("val_cider", "val_bleu4", "train_reward", "sample_words")})

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from captioner.core.errors import CaptionerError
+from captioner.model.finite import stop_on_nonfinite
 from captioner.vision.feature_store import FEATURES_FILE, FeatureReader, prepare_features
 from captioner.core.jsonfile import read_json
 from captioner.data.text import PAD_ID, Vocabulary
@@ -235,7 +236,8 @@ class TimeCap:
 
 
 def _callbacks(params: dict[str, Any], live_dir: str | None, monitor: str, cap: TimeCap):
-    """Early stopping (best weights restored), LR decay on plateau, the time cap, DVCLive logging."""
+    """The non-finite loss stop (first: nothing logs or restores a NaN), early stopping (best weights restored),
+    LR decay on plateau, the time cap, DVCLive logging."""
     import keras
 
     stop = keras.callbacks.EarlyStopping(
@@ -251,7 +253,7 @@ def _callbacks(params: dict[str, Any], live_dir: str | None, monitor: str, cap: 
         live = open_live(live_dir)
         live.log_params({f"train.{k}": v for k, v in params.items()})
         extra.append(DVCLiveCallback(live=live))
-    return [stop, plateau, cap.callback(), *extra], stop
+    return [stop_on_nonfinite(), stop, plateau, cap.callback(), *extra], stop
 
 
 def distribution(devices: str | int):

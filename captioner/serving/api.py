@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from captioner.model.bundle import Bundle, load_bundle, read_config, read_vocab
+from captioner.model.bundle import Bundle, check_weights, load_bundle, read_config, read_vocab
 from captioner.core.errors import CaptionerError
 from captioner.model.litert import LITERT_FILE, LiteRuntime, litert_available
 
@@ -108,6 +108,7 @@ class Captioner:
             return cls(load_bundle(model_dir), source=str(model_dir), compiled=compiled)
         config = read_config(model_dir)
         vocab = read_vocab(model_dir, config)
+        check_weights(model_dir)  # captioner.tflite holds the same weights
         if not lite_file.is_file():
             raise CaptionerError(f"{model_dir}: bundle lacks {LITERT_FILE} (train with train.litert: true, "
                                  "or use the keras runtime)")

@@ -4,6 +4,10 @@ Layout: dataset `names` (N utf-8 strings) and dataset `features` (N, *feature_sh
 to names[i]; file attributes carry the encoder description (name, output kind, ...). `features` is
 chunked by rows (about CHUNK_BYTES per chunk: one 7x7x1280 float16 grid row, or a few dozen pooled
 vectors), so `FeatureReader` fetches a batch of rows without reading the rest of the file.
+
+Every way in checks the numbers: a NaN or an infinity (a flipped bit, a bad encoder) would otherwise train a
+NaN model that captions nothing, so `load_features`, `FeatureReader` (once per open, CHECK_BYTES at a time)
+and `prepare_features` refuse such a file in one line naming its first bad rows and images.
 """
 
 from __future__ import annotations
@@ -20,6 +24,38 @@ from captioner.core.errors import CaptionerError
 
 FEATURES_FILE = "features.h5"
 CHUNK_BYTES = 128 * 1024
+CHECK_BYTES = 64 * 1024 * 1024  # rows read at once when a FeatureReader checks a file's numbers
+SHOWN_ROWS = 3  # bad rows named in an error
+FILE_HINT = "a damaged file? re-run `dvc repro -f extract_features`"
+
+
+def finite_rows(block: np.ndarray) -> np.ndarray:
+    """One bool per row (first axis) of `block`: True where every value is finite (no NaN, no infinity).
+
+    float16 is tested on its exponent bits (all ones means NaN or infinity): four times numpy's isfinite.
+    """
+    flat = np.ascontiguousarray(block).reshape(len(block), int(np.prod(block.shape[1:], dtype=np.int64)))
+    if flat.dtype == np.float16:
+        return ((flat.view(np.uint16) & 0x7C00) != 0x7C00).all(axis=1)
+    if flat.dtype.kind in "fc":
+        return np.isfinite(flat).all(axis=1)
+    return np.ones(len(flat), dtype=bool)
+
+
+def nonfinite_error(source: str, bad_rows: Sequence[int], names: Sequence[str] | None = None,
+                    hint: str = FILE_HINT) -> CaptionerError:
+    """The one-line error for feature rows holding NaN or infinity: how many, the first few (with image names)."""
+    shown = ", ".join(f"row {r} ({names[r]})" if names is not None else f"row {r}" for r in bad_rows[:SHOWN_ROWS])
+    more = f" and {len(bad_rows) - SHOWN_ROWS} more" if len(bad_rows) > SHOWN_ROWS else ""
+    return CaptionerError(f"{source}: {len(bad_rows)} feature rows hold NaN or infinite values: {shown}{more} ({hint})")
+
+
+def check_finite(source: str, features: np.ndarray, names: Sequence[str] | None = None,
+                 hint: str = FILE_HINT) -> None:
+    """Refuse `features` (rows of `source`, named by `names`) if any value is NaN or infinite, in one line."""
+    bad = np.flatnonzero(~finite_rows(features))
+    if len(bad):
+        raise nonfinite_error(source, [int(r) for r in bad], names, hint)
 
 
 def row_chunks(feature_shape: Sequence[int], dtype: np.dtype) -> tuple[int, ...]:
@@ -96,17 +132,33 @@ def _names(f: h5py.File) -> list[str]:
 
 
 def load_features(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray, dict[str, Any]]:
-    """Read (names, features, attrs) from a feature file; a missing or malformed file is a CaptionerError."""
+    """Read (names, features, attrs) from a feature file; a missing or malformed file, or NaN or infinite
+    features, is a CaptionerError."""
     path = Path(path)
     with _open(path) as f:
-        return _names(f), f["features"][()], _attrs(f)
+        names, features, attrs = _names(f), f["features"][()], _attrs(f)
+    check_finite(str(path), features, names)
+    return names, features, attrs
+
+
+def _check_file(path: Path, dataset: h5py.Dataset, names: Sequence[str]) -> None:
+    """Refuse a feature dataset with a NaN or an infinity, reading CHECK_BYTES of whole rows at a time."""
+    row_bytes = max(1, int(np.prod(dataset.shape[1:], dtype=np.int64)) * dataset.dtype.itemsize)
+    step = max(1, CHECK_BYTES // row_bytes)
+    bad: list[int] = []
+    for start in range(0, dataset.shape[0], step):
+        bad += [start + int(r) for r in np.flatnonzero(~finite_rows(dataset[start:start + step]))]
+    if bad:
+        raise nonfinite_error(str(path), bad, names)
 
 
 class FeatureReader:
     """Rows of a feature file on demand; memory holds the names and the rows asked for, never the whole file.
 
-    The HDF5 handle belongs to one process: it is opened on first use and opened anew in a forked child,
-    never shared across a fork. Use as a context manager, or call `close()`.
+    Opening checks every value once (CHECK_BYTES at a time): a NaN or an infinity is a CaptionerError naming
+    the first bad rows, before training or evaluation reads a batch. The HDF5 handle belongs to one process:
+    it is opened on first use and opened anew in a forked child, never shared across a fork. Use as a context
+    manager, or call `close()`.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -116,8 +168,9 @@ class FeatureReader:
             self.shape: tuple[int, ...] = tuple(f["features"].shape)
             self.dtype: np.dtype = f["features"].dtype
             self.attrs: dict[str, Any] = _attrs(f)
-        if len(self.names) != self.shape[0]:
-            raise CaptionerError(f"{self.path}: {len(self.names)} names but {self.shape[0]} feature rows")
+            if len(self.names) != self.shape[0]:
+                raise CaptionerError(f"{self.path}: {len(self.names)} names but {self.shape[0]} feature rows")
+            _check_file(self.path, f["features"], self.names)
         self._file: h5py.File | None = None
         self._pid = -1
         self._index: dict[str, int] | None = None
@@ -210,8 +263,11 @@ def pool_grid(features: np.ndarray) -> np.ndarray:
 def prepare_features(features, decoder: str, source: str):
     """Features in the form a decoder takes: grids pooled for merge/inject; attention refuses pooled vectors.
 
-    `features` is an array or a FeatureReader (rows read per batch); a reader's grids are pooled as rows are read.
+    `features` is an array or a FeatureReader (rows read per batch; its numbers were checked when it opened);
+    a reader's grids are pooled as rows are read. An array with a NaN or an infinity is a CaptionerError.
     """
+    if isinstance(features, np.ndarray):
+        check_finite(source, features, hint="from a damaged encoder or feature file")
     if decoder == "attention":
         if len(features.shape) != 4:
             raise CaptionerError(

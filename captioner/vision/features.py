@@ -22,7 +22,7 @@ from tqdm import tqdm
 from captioner.core.atomic import atomic_dir, write_json
 from captioner.vision.encoders import build_encoder, get_spec, weights_id
 from captioner.core.errors import CaptionerError
-from captioner.vision.feature_store import FEATURES_FILE, feature_dtype, write_features
+from captioner.vision.feature_store import FEATURES_FILE, check_finite, feature_dtype, write_features
 from captioner.vision.images import describe_failure, image_batches
 from captioner.core.precision import resolve_precision
 from captioner.vision.resume_store import ResumeStore, piece_key
@@ -89,6 +89,12 @@ def _warn_skipped(skipped: dict[str, str], total: int, meta_path: Path) -> None:
           file=sys.stderr)
 
 
+def feature_shape(encoder: str, output: str) -> tuple[int, ...]:
+    """The shape of one image's feature from `encoder`: its grid (h, w, C) or its pooled vector (C,)."""
+    spec = get_spec(encoder)
+    return tuple(spec.grid_shape) if output == "grid" else (spec.pooled_dim,)
+
+
 def resume_folder(out_dir: Path) -> Path:
     """Where the stage keeps finished pieces while it runs: beside the output (`data/features.resume`)."""
     return out_dir.with_name(f"{out_dir.name}.resume")
@@ -97,11 +103,23 @@ def resume_folder(out_dir: Path) -> Path:
 def _settings(params_features: dict[str, Any], weights_key: str, input_size: int) -> dict[str, Any]:
     """Everything besides the images that a piece's features depend on; random weights never match a later run."""
     settings = {k: params_features[k] for k in ("encoder", "weights", "output", "batch_size")}
-    settings.update(weights_id=weights_key, input_size=input_size, piece_batches=PIECE_BATCHES, format=1,
+    settings.update(weights_id=weights_key, input_size=input_size, piece_batches=PIECE_BATCHES, format=2,
                     precision=resolve_precision(params_features["precision"]))
     if params_features["weights"] == "none":
         settings["run"] = uuid.uuid4().hex
     return settings
+
+
+def _reusable(store: ResumeStore, key: str, piece: list[Path], shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    """Whether a stored piece may stand for encoding `piece` now; if it fails a check, one stderr line and it goes."""
+    if not store.has(key):
+        return False
+    problem = store.problem(key, [p.name for p in piece], shape, dtype)
+    if problem is not None:
+        tqdm.write(f"warning: discarded {store.path(key)} (images {piece[0].name} to {piece[-1].name}): {problem}; "
+                   f"encoding them again", file=sys.stderr)
+        store.discard(key)
+    return problem is None
 
 
 def _encode_pieces(
@@ -110,6 +128,7 @@ def _encode_pieces(
     """Make sure every piece of `paths` is in `store`; return the pieces' keys and how many images were reused."""
     encoder, batch_size = params_features["encoder"], params_features["batch_size"]
     input_size, dtype = settings["input_size"], feature_dtype(params_features["output"])
+    shape = feature_shape(encoder, params_features["output"])
     per_piece = batch_size * PIECE_BATCHES
     model = None
     keys, reused = [], 0
@@ -117,7 +136,7 @@ def _encode_pieces(
         for start in range(0, len(paths), per_piece):
             piece = paths[start:start + per_piece]
             key = piece_key(settings, piece)
-            if store.has(key):
+            if _reusable(store, key, piece, shape, dtype):
                 reused += len(piece)
             else:
                 if model is None:
@@ -125,6 +144,8 @@ def _encode_pieces(
                         encoder, params_features["weights"], params_features["output"], settings["precision"]
                     )
                 done, features = encode_images(model, piece, input_size, batch_size, dtype, progress=False)
+                check_finite(f"{encoder} ({params_features['weights']} weights) on {piece[0].parent}", features,
+                             [piece[i].name for i in done], hint="damaged encoder weights?")
                 ok = set(done)
                 skipped = {piece[i].name: describe_failure(piece[i]) for i in range(len(piece)) if i not in ok}
                 store.save(key, [piece[i].name for i in done], features, skipped)
