@@ -345,6 +345,96 @@ def step_models(model: keras.Model) -> StepModels:
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+class FeatureSlice(layers.Layer):
+    """Columns `start:stop` of the last axis: one ensemble member's part of the concatenated state or context."""
+
+    def __init__(self, start: int, stop: int, **kwargs):
+        super().__init__(**kwargs)
+        self.start, self.stop = int(start), int(stop)
+
+    def call(self, inputs):
+        return inputs[..., self.start : self.stop]
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.stop - self.start)
+
+    def get_config(self):
+        return {**super().get_config(), "start": self.start, "stop": self.stop}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MeanProbabilities(layers.Layer):
+    """The log of the members' mean next-word probability from their log-probabilities: M x (N, V) -> (N, V).
+
+    Computed as logsumexp - log M (equal to log(mean(exp)), without underflow for rare words); with one member
+    it returns that member's log-probabilities bit for bit.
+    """
+
+    def call(self, inputs):
+        return ops.logsumexp(ops.stack(inputs, axis=0), axis=0) - math.log(len(inputs))
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[0]
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MeanMaps(layers.Layer):
+    """The members' attention maps averaged: M x (N, L) -> (N, L)."""
+
+    def call(self, inputs):
+        return ops.mean(ops.stack(inputs, axis=0), axis=0)
+
+    def compute_output_shape(self, input_shapes):
+        return input_shapes[0]
+
+
+def ensemble_step_models(models: Sequence[keras.Model]) -> StepModels:
+    """`init` and `step` of an ensemble of training models of one kind and vocabulary, decoded as one model.
+
+    Each member's state and context tensors are concatenated along the last (feature) axis, so a beam search that
+    repeats and reorders rows handles them as one decoder's; `step` slices each member's part back out, runs the
+    member's own step and returns log(mean of the members' probabilities), the concatenated h and c and, for
+    attention decoders, the mean of the members' attention maps. Every layer is named: reproducible LiteRT export.
+    """
+    members = [step_models(model) for model in models]
+    kind = members[0].kind
+    for i, member in enumerate(members[1:], start=2):
+        if (member.kind, member.vocab_size) != (kind, members[0].vocab_size):
+            raise ValueError(f"ensemble member {i} is a {member.kind} decoder of {member.vocab_size} tokens, member 1 "
+                             f"a {kind} decoder of {members[0].vocab_size}")
+    image = keras.Input(models[0].inputs[0].shape[1:], name="image")
+    parts = [keras.Model(m.init.inputs, m.init.outputs, name=f"member{i}_init")(image) for i, m in enumerate(members)]
+    names = ["h", "c", *(f"context_{j}" for j in range(len(parts[0]) - 2))]
+    joined = [layers.Concatenate(axis=-1, name=f"init_{name}")([part[j] for part in parts])
+              for j, name in enumerate(names)]
+    init = keras.Model(image, joined, name=f"{kind}_ensemble_init")
+
+    token = keras.Input((1,), dtype="int32", name="token")
+    inputs = [keras.Input(tensor.shape[1:], name=name) for tensor, name in zip(joined, names)]
+    stops = np.cumsum([[int(t.shape[-1]) for t in part] for part in parts], axis=0)  # (members, tensors)
+    outs = []
+    for i, member in enumerate(members):
+        starts = stops[i - 1] if i else np.zeros_like(stops[0])
+        sliced = [FeatureSlice(start, stop, name=f"member{i}_{name}")(x)
+                  for x, name, start, stop in zip(inputs, names, starts, stops[i])]
+        step = keras.Model(member.step.inputs, member.step.outputs, name=f"member{i}_step")
+        outs.append(step([token, *sliced]))
+    outputs = [MeanProbabilities(name="mean_probabilities")([out[0] for out in outs]),
+               layers.Concatenate(axis=-1, name="step_h")([out[1] for out in outs]),
+               layers.Concatenate(axis=-1, name="step_c")([out[2] for out in outs])]
+    if members[0].has_attention:
+        outputs.append(MeanMaps(name="mean_attention")([out[3] for out in outs]))
+    step = keras.Model([token, *inputs], outputs, name=f"{kind}_ensemble_step")
+    return StepModels(kind=kind, init=init, step=step, vocab_size=members[0].vocab_size,
+                      has_attention=members[0].has_attention)
+
+
+def decoding_models(model: keras.Model | Sequence[keras.Model]) -> StepModels:
+    """The decoding graphs of one training model, or of an ensemble when given a sequence of them (even of one)."""
+    return step_models(model) if isinstance(model, keras.Model) else ensemble_step_models(model)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class CaptionLoss(keras.losses.Loss):
     """Mean cross-entropy of the packed logits (P', V) against the P real tokens of 0-padded targets (N, T).
 

@@ -67,7 +67,8 @@ class Captioner:
     """A loaded model bundle that captions images; the encoder is built on first use of images.
 
     With a LiteRuntime (`lite`), encoder and decoder run on it and `bundle.model` may be None; otherwise
-    on Keras.
+    on Keras. An ensemble bundle decodes with every member, their per-word probabilities averaged (on LiteRT
+    its captioner.tflite runs them all), and its attention maps are the members' mean.
     """
 
     def __init__(self, bundle: Bundle, source: str = "", compiled: bool = True, lite: LiteRuntime | None = None):
@@ -85,7 +86,8 @@ class Captioner:
         else:
             from captioner.model.decode import CaptionDecoder
 
-            self._decoder = CaptionDecoder(bundle.model, bundle.vocab.max_length, attention=True, compiled=compiled)
+            model = bundle.decoders if bundle.members else bundle.model
+            self._decoder = CaptionDecoder(model, bundle.vocab.max_length, attention=True, compiled=compiled)
         self._encoder = None
         self._encode_fn = None
 
@@ -137,12 +139,14 @@ class Captioner:
         return (shape[0], shape[1]) if self._decoder.attention else None
 
     def describe(self) -> dict[str, Any]:
-        """What this captioner serves: bundle folder, encoder, decoder, vocabulary size, beam size."""
+        """What this captioner serves: bundle folder, encoder, decoder (and how many are averaged), vocabulary size,
+        beam size."""
         enc = self.config["encoder"]
         return {
             "model": self.source,
             "encoder": f"{enc['name']} {enc['output']}",
             "decoder": self.bundle.decoder_kind,
+            "members": self.bundle.member_count,
             "vocab_size": len(self.bundle.vocab),
             "beam_size": self.default_beam_size,
             "runtime": "litert" if self.lite is not None else "keras",
