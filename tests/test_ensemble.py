@@ -91,8 +91,9 @@ def test_a_step_averages_the_members_probabilities():
     tokens = rng.integers(4, 20, size=(4, 1)).astype(np.int32)
     states = [[s + rng.normal(scale=0.3, size=s.shape).astype(np.float32) for s in st] for st in states]  # mid-caption
     outs = [[np.asarray(t) for t in p.step([tokens, *st])] for p, st in zip(parts, states)]
-    joined = [np.concatenate([st[j] for st in states], axis=-1) for j in range(len(states[0]))]
-    log_p, h, c, attention = (np.asarray(t) for t in ensemble.step([tokens, *joined]))
+    joined = [np.concatenate([st[j] for st in states], axis=-1) for j in (0, 1)]  # h, c; contexts one after another
+    contexts = [x for st in states for x in st[2:]]
+    log_p, h, c, attention = (np.asarray(t) for t in ensemble.step([tokens, *joined, *contexts]))
 
     expected = np.log(np.mean([np.exp(out[0]) for out in outs], axis=0))  # mean of probabilities, then log
     np.testing.assert_allclose(log_p, expected, rtol=1e-5, atol=1e-5)
@@ -102,10 +103,13 @@ def test_a_step_averages_the_members_probabilities():
     np.testing.assert_array_equal(h, np.concatenate([out[1] for out in outs], axis=-1))
     np.testing.assert_array_equal(c, np.concatenate([out[2] for out in outs], axis=-1))
     np.testing.assert_allclose(attention, np.mean([out[3] for out in outs], axis=0), rtol=1e-6, atol=1e-7)
-    init = [np.asarray(t) for t in ensemble.init(feats)]
-    for got, want in zip(init, [np.concatenate([np.asarray(t) for t in ts], axis=-1)
-                                 for ts in zip(*[p.init(feats) for p in parts])]):
-        np.testing.assert_array_equal(got, want)
+    inits = [[np.asarray(t) for t in p.init(feats)] for p in parts]
+    want = [np.concatenate([i[0] for i in inits], axis=-1), np.concatenate([i[1] for i in inits], axis=-1),
+            *(x for i in inits for x in i[2:])]
+    got = [np.asarray(t) for t in ensemble.init(feats)]
+    assert len(got) == len(want) == 2 + 3 * 3
+    for one, other in zip(got, want):
+        np.testing.assert_array_equal(one, other)
 
 
 def test_litert_and_keras_decode_a_two_member_ensemble_alike(tmp_path):
