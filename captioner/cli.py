@@ -1,4 +1,5 @@
-"""The `captioner` command: `captioner predict IMAGE... [--explain OUT_DIR]` and `captioner serve`.
+"""The `captioner` command: `captioner predict IMAGE... [--explain OUT_DIR]`, `captioner serve` and
+`captioner ensemble MEMBER_DIR... --out DIR` (one bundle that averages several decoders).
 
 Arguments are parsed and the bundle's config read before TensorFlow is imported, so usage errors are
 instant; then everything goes through the Python API (`captioner.serving.api.Captioner`).
@@ -27,7 +28,7 @@ RUNTIME_HELP = ("litert: the bundle's captioner.tflite, no TensorFlow (fast star
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (subcommands `predict` and `serve`)."""
+    """The argument parser (subcommands `predict`, `serve` and `ensemble`)."""
     parser = argparse.ArgumentParser(prog="captioner", description="Caption photos with a trained captioner bundle.")
     sub = parser.add_subparsers(dest="command", required=True)
     predict = sub.add_parser("predict", help="caption images (files or folders of JPEG/PNG)")
@@ -45,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     serve.add_argument("--runtime", choices=RUNTIMES, default="auto", help=RUNTIME_HELP)
+    ensemble = sub.add_parser("ensemble", help="build one bundle that averages the decoders of several bundles")
+    ensemble.add_argument("members", nargs="+", metavar="MEMBER_DIR",
+                          help="model bundle folders of one vocabulary and encoder (e.g. trained with other seeds)")
+    ensemble.add_argument("--out", required=True, metavar="DIR", help="the ensemble bundle folder to write")
+    ensemble.add_argument("--no-litert", dest="litert", action="store_false",
+                          help="leave out captioner.tflite (the LiteRT runtime's file)")
     return parser
 
 
@@ -147,6 +154,18 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_ensemble(args: argparse.Namespace) -> int:
+    """Write an ensemble bundle of the member bundles (their configs checked before TensorFlow loads); one line."""
+    from captioner.model.ensemble import assemble
+
+    config = assemble(args.members, args.out, litert=args.litert)
+    what = f"an ensemble of {len(args.members)}" if len(args.members) > 1 else "one"
+    lite = ", with captioner.tflite" if args.litert else ""
+    print(f"wrote {printable(args.out)}: {what} {config['decoder']['kind']} decoder"
+          f"{'s' if len(args.members) > 1 else ''}, {config['decoder']['vocab_size']} tokens{lite}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point (`captioner = captioner.cli:main`).
 
@@ -160,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _skip_unused_imports()
     status: list[int] = []
     try:
-        command = run_serve if args.command == "serve" else run_predict
+        command = {"serve": run_serve, "ensemble": run_ensemble}.get(args.command, run_predict)
         run_main(lambda: status.append(command(args)))
         code = status[0] if status else 1
     except SystemExit as exc:

@@ -149,6 +149,7 @@ def run_evaluate(
         "split": split,
         "n_images": len(kept),
         "decoder": bundle.decoder_kind,
+        **({"members": bundle.member_count} if bundle.members else {}),  # an ensemble: how many decoders it averages
     }
     print(f"captioned {len(kept)} {split} images in {seconds:.1f} s (beam {beam_size})", file=sys.stderr)
     rows = [(n, by_name[n], references[n]) for n in kept]

@@ -8,11 +8,13 @@ import numpy as np
 from PIL import Image
 
 
-def make_bundle(path: Path, kind: str = "attention", weights: str = "imagenet", litert: bool = False) -> Path:
+def make_bundle(path: Path, kind: str = "attention", weights: str = "imagenet", litert: bool = False,
+                seed: int = 0) -> Path:
     """Save a bundle whose decoder (`attention` on the 7x7 grid, or `merge` on pooled vectors) is untrained.
 
     With the real encoder weights the attention maps differ from cell to cell (random weights give flat maps).
-    `litert` also writes captioner.tflite (encoder + decoder for the LiteRT runtime), as the train stage does.
+    `litert` also writes captioner.tflite (encoder + decoder for the LiteRT runtime), as the train stage does;
+    `seed` draws other decoder weights (ensemble members).
     """
     import keras
 
@@ -21,7 +23,7 @@ def make_bundle(path: Path, kind: str = "attention", weights: str = "imagenet", 
     from captioner.model.decoders import DecoderSpec, build_decoder
     from captioner.data.text import END_ID, Vocabulary
 
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     vocab = Vocabulary.build(["a red circle on grass", "a blue square on a white table"], min_count=1,
                              max_length_percentile=100)
     output, shape = ("grid", (7, 7, 1280)) if kind == "attention" else ("pooled", (1280,))

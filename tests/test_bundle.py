@@ -63,7 +63,8 @@ VOCAB = Vocabulary(("<pad>", "<unk>", "<start>", "<end>", "a", "dog"), 8)
         ("config.json", "feature_shape", [0], r"'feature_shape' must be an integer >= 1"),
         ("config.json", "feature_shape", "24", r"'feature_shape' must be a list"),
         ("config.json", "decoding", [], r"'decoding' must be an object"),
-        ("config.json", "format", 2, r"bundle format 2, expected 1"),
+        ("config.json", "format", 3, r"bundle format 3, expected 1 or 2"),
+        ("config.json", "format", 2, r"'members' must list 2 to 16 decoder files, got None"),
         ("vocab.json", "tokens", ["<pad>", "<unk>"], r"'tokens' must start with <pad>, <unk>, <start>, <end>"),
     ],
 )

@@ -4,6 +4,9 @@ and optionally captioner.tflite, the same encoder and decoder for the LiteRT run
 Saving writes the decoder without its optimizer state and with fixed zip timestamps and save date, so two
 identical trainings give byte-identical bundles. Loading checks every value of config.json and vocab.json
 (kinds, ranges, agreement with each other and with the model) before the model is loaded.
+
+An ensemble bundle (format 2, written by `ensemble.assemble`) holds several decoders of one vocabulary and
+encoder: config.json's `members` lists their files, decoder.keras first; every one is loaded and checked.
 """
 
 from __future__ import annotations
@@ -11,14 +14,14 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from captioner.core.atomic import atomic_dir, atomic_path, write_json
 from captioner.core.errors import CaptionerError
 from captioner.core.jsonfile import read_json
-from captioner.core.schema import Field, check, choice, integer, number, text
+from captioner.core.schema import Field, check, choice, integer, number, quote, text
 from captioner.data.text import MAX_LENGTH, RESERVED, Vocabulary
 from captioner.vision.encoders import ENCODERS
 
@@ -27,6 +30,8 @@ WEIGHTS_ENTRY = "model.weights.h5"  # the weights inside a .keras zip
 VOCAB_FILE = "vocab.json"
 CONFIG_FILE = "config.json"
 BUNDLE_FORMAT = 1
+ENSEMBLE_FORMAT = 2  # config.json lists several decoder files in `members`
+MAX_MEMBERS = 16
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold
 SAVE_DATE = "1980-01-01@00:00:00"  # decoder.keras's metadata.json date_saved, in Keras' format
 # The registry's encoders fix input sizes and feature shapes: the ranges below come from them, and `_check_encoder`
@@ -37,7 +42,7 @@ MAX_FEATURE_DIM = max(max(spec.pooled_dim, *spec.grid_shape) for spec in ENCODER
 
 # Every value of config.json: "section.key" -> what it may be (a nullable value may also be absent).
 CONFIG_FIELDS: dict[str, Field] = {
-    "format": integer(None, BUNDLE_FORMAT, BUNDLE_FORMAT),
+    "format": integer(None, BUNDLE_FORMAT, ENSEMBLE_FORMAT),
     "encoder.name": text(None),
     "encoder.weights": text(None),
     "encoder.weights_id": text(None, nullable=True),
@@ -59,11 +64,23 @@ _FEATURE_DIM = integer(None, 1, MAX_FEATURE_DIM)
 
 @dataclass
 class Bundle:
-    """A loaded, validated bundle: the training model, its vocabulary and config."""
+    """A loaded, validated bundle: the training model, its vocabulary and config (an ensemble's: member 1's
+    model, the others in `members`)."""
 
     model: Any
     vocab: Vocabulary
     config: dict[str, Any]
+    members: list[Any] = field(default_factory=list)  # an ensemble's further training models (members 2..n)
+
+    @property
+    def decoders(self) -> list[Any]:
+        """Every member's training model, member 1 first (one for a single-decoder bundle)."""
+        return [self.model, *self.members]
+
+    @property
+    def member_count(self) -> int:
+        """How many decoders the bundle averages (1: a single decoder)."""
+        return len(member_files(self.config))
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -194,9 +211,11 @@ def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
         if not (directory / name).is_file():
             raise CaptionerError(f"{directory}: model bundle lacks {name}")
     config = _read_object(directory / CONFIG_FILE)
-    if config.get("format") != BUNDLE_FORMAT:
-        raise CaptionerError(f"{directory / CONFIG_FILE}: bundle format {config.get('format')!r}, expected {BUNDLE_FORMAT}")
+    if config.get("format") not in (BUNDLE_FORMAT, ENSEMBLE_FORMAT):
+        raise CaptionerError(f"{directory / CONFIG_FILE}: bundle format {config.get('format')!r}, expected "
+                             f"{BUNDLE_FORMAT} or {ENSEMBLE_FORMAT}")
     _check_config(directory / CONFIG_FILE, config)
+    _check_members(directory, config)
     return config
 
 
@@ -213,8 +232,8 @@ def read_vocab(directory: str | os.PathLike[str], config: dict[str, Any]) -> Voc
     return vocab
 
 
-def check_weights(directory: str | os.PathLike[str]) -> None:
-    """Refuse a decoder.keras whose weights hold NaN or infinity (a diverged training) in one line naming the first
+def check_weights(directory: str | os.PathLike[str], name: str = MODEL_FILE) -> None:
+    """Refuse a decoder file whose weights hold NaN or infinity (a diverged training) in one line naming the first
     such variable; reads the weights inside the zip with h5py, without TensorFlow. An unreadable file is left
     to the loader's own error."""
     import io
@@ -222,7 +241,7 @@ def check_weights(directory: str | os.PathLike[str]) -> None:
     import h5py
     import numpy as np
 
-    path = Path(directory) / MODEL_FILE
+    path = Path(directory) / name
     try:
         with zipfile.ZipFile(path) as archive:
             weights = h5py.File(io.BytesIO(archive.read(WEIGHTS_ENTRY)), "r")
@@ -249,29 +268,35 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
     directory = Path(directory)
     config = read_config(directory)
     vocab = read_vocab(directory, config)
-    check_weights(directory)
+    for name in member_files(config):
+        check_weights(directory, name)
+    models = [_load_decoder(directory, name, config, vocab) for name in member_files(config)]
+    return Bundle(model=models[0], vocab=vocab, config=config, members=models[1:])
 
+
+def _load_decoder(directory: Path, name: str, config: dict[str, Any], vocab: Vocabulary):
+    """Load one decoder file of a bundle and check it against config.json (kind, feature shape) and the vocabulary."""
     from captioner.model.decoders import decoder_input_shape, decoder_kind, load_decoder
 
-    if not zipfile.is_zipfile(directory / MODEL_FILE):  # Keras would say "File not found" for a file that is there
-        raise CaptionerError(f"{directory / MODEL_FILE}: cannot load the decoder (not a valid Keras model file: "
+    if not zipfile.is_zipfile(directory / name):  # Keras would say "File not found" for a file that is there
+        raise CaptionerError(f"{directory / name}: cannot load the decoder (not a valid Keras model file: "
                              "not a .keras zip archive)")
     try:
-        model = load_decoder(directory / MODEL_FILE)
+        model = load_decoder(directory / name)
     except Exception as exc:  # Keras raises many types for a corrupt or foreign file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CaptionerError(f"{directory / MODEL_FILE}: cannot load the decoder ({first})") from exc
+        raise CaptionerError(f"{directory / name}: cannot load the decoder ({first})") from exc
     kind = config["decoder"]["kind"]
     try:
         model_kind = decoder_kind(model)
     except ValueError as exc:
-        raise CaptionerError(f"{directory / MODEL_FILE}: {exc}") from exc
+        raise CaptionerError(f"{directory / name}: {exc}") from exc
     if model_kind != kind:
-        raise CaptionerError(f"{directory}: config.json says decoder {kind!r} but {MODEL_FILE} is {model_kind!r}")
+        raise CaptionerError(f"{directory}: config.json says decoder {kind!r} but {name} is {model_kind!r}")
     out_size = int(model.outputs[0].shape[-1])
     if out_size != len(vocab):
         raise CaptionerError(
-            f"{directory}: {MODEL_FILE} predicts {out_size} tokens but {VOCAB_FILE} has {len(vocab)} (files from different runs?)"
+            f"{directory}: {name} predicts {out_size} tokens but {VOCAB_FILE} has {len(vocab)} (files from different runs?)"
         )
     try:
         expected = decoder_input_shape(kind, config["feature_shape"])
@@ -280,6 +305,44 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
     got = tuple(int(d) for d in model.inputs[0].shape[1:])
     if got != expected:
         raise CaptionerError(
-            f"{directory}: {MODEL_FILE} takes image features {got} but config.json's feature_shape gives {expected}"
+            f"{directory}: {name} takes image features {got} but config.json's feature_shape gives {expected}"
         )
-    return Bundle(model=model, vocab=vocab, config=config)
+    return model
+
+
+# Ensembles: a format-2 bundle lists its decoder files in config.json's `members`.
+
+
+def member_files(config: dict[str, Any]) -> list[str]:
+    """The decoder files of a (checked) config, member 1 first: [decoder.keras] for a single-decoder bundle."""
+    return list(config.get("members", [MODEL_FILE]))
+
+
+def ensemble_config(config: dict[str, Any], count: int) -> dict[str, Any]:
+    """Member 1's config.json made an ensemble's of `count` decoders: format 2, `members` decoder.keras,
+    decoder_2.keras, ... (one decoder: the config as it is)."""
+    if count == 1:
+        return config
+    names = [MODEL_FILE, *(f"decoder_{i}.keras" for i in range(2, count + 1))]
+    return {**config, "format": ENSEMBLE_FORMAT, "members": names}
+
+
+def _check_members(directory: Path, config: dict[str, Any]) -> None:
+    """Format 2 lists 2..MAX_MEMBERS distinct plain .keras file names in `members`, decoder.keras first, each in
+    the bundle folder; format 1 has no `members`."""
+    path = directory / CONFIG_FILE
+    members = config.get("members")
+    if config["format"] == BUNDLE_FORMAT:
+        if members is not None:
+            raise CaptionerError(f"{path}: 'members' needs bundle format {ENSEMBLE_FORMAT}, not {BUNDLE_FORMAT}")
+        return
+    if not isinstance(members, list) or not 2 <= len(members) <= MAX_MEMBERS:
+        raise CaptionerError(f"{path}: 'members' must list 2 to {MAX_MEMBERS} decoder files, got {quote(members)}")
+    for i, name in enumerate(members, start=1):
+        if not isinstance(name, str) or name != Path(name).name or name.startswith(".") or not name.endswith(".keras"):
+            raise CaptionerError(f"{path}: 'members' entry {i} {quote(name)} is not a .keras file name")
+        if not (directory / name).is_file():
+            raise CaptionerError(f"{directory}: model bundle lacks {name} (ensemble member {i})")
+    if members[0] != MODEL_FILE or len(set(members)) != len(members):
+        raise CaptionerError(f"{path}: 'members' must start with {MODEL_FILE} and name each file once, "
+                             f"got {quote(members)}")

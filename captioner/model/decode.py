@@ -152,7 +152,8 @@ class CaptionDecoder(BeamDecoder):
     With `attention=True` (and an attention decoder) each step also returns the attention weights, for
     `beam_search` to report; otherwise the step graph leaves them out and costs nothing extra.
     `compiled=False` runs the models eagerly: slower per step, but no graph tracing (about a second),
-    which wins when a process captions only a few images.
+    which wins when a process captions only a few images. `model` is one training model, or a sequence of them
+    decoded as an ensemble (their per-word probabilities averaged, `decoders.ensemble_step_models`).
     """
 
     def __init__(self, model, max_length: int, chunk_images: int = 256, attention: bool = False,
@@ -160,9 +161,9 @@ class CaptionDecoder(BeamDecoder):
         import keras
         import tensorflow as tf
 
-        from captioner.model.decoders import step_models
+        from captioner.model.decoders import decoding_models
 
-        self.models: StepModels = step_models(model)
+        self.models: StepModels = decoding_models(model)
         super().__init__(max_length, attention and self.models.has_attention, chunk_images)
         init, step = self.models.init, self.models.step
         if self.models.has_attention and not self.attention:

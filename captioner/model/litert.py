@@ -26,7 +26,8 @@ SIGNATURES = ("encode", "init", "step")
 
 
 def litert_bytes(encoder, model) -> bytes:
-    """The `.tflite` flatbuffer of an encoder (Keras model: images -> features) and a training model's decoding graphs.
+    """The `.tflite` flatbuffer of an encoder (Keras model: images -> features) and a training model's decoding graphs
+    (of a sequence of training models: the ensemble's, one `init`/`step` pair that runs every member).
 
     The same models give the same bytes in a fresh process (the bundle is hashed by DVC); the step graph's LSTM
     is unrolled for its one time step, which the converter's builtin ops need.
@@ -34,12 +35,13 @@ def litert_bytes(encoder, model) -> bytes:
     import keras
     import tensorflow as tf
 
-    from captioner.model.decoders import step_models
+    from captioner.model.decoders import decoding_models
 
-    lstm = model.get_layer("lstm")
-    lstm.unroll = True
+    lstms = [m.get_layer("lstm") for m in ([model] if isinstance(model, keras.Model) else model)]
+    for lstm in lstms:
+        lstm.unroll = True
     try:
-        models = step_models(model)
+        models = decoding_models(model)
         archive = keras.export.ExportArchive()
         for name, graph in zip(SIGNATURES, (encoder, models.init, models.step)):
             archive.track(graph)
@@ -53,7 +55,8 @@ def litert_bytes(encoder, model) -> bytes:
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
             return converter.convert()
     finally:
-        lstm.unroll = False
+        for lstm in lstms:
+            lstm.unroll = False
 
 
 def _input_name(tensor) -> str:

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from captioner.model.bundle import Bundle, check_weights, load_bundle, read_config, read_vocab
+from captioner.model.bundle import Bundle, check_weights, load_bundle, member_files, read_config, read_vocab
 from captioner.core.errors import CaptionerError
 from captioner.model.litert import LITERT_FILE, LiteRuntime, litert_available
 
@@ -67,7 +67,8 @@ class Captioner:
     """A loaded model bundle that captions images; the encoder is built on first use of images.
 
     With a LiteRuntime (`lite`), encoder and decoder run on it and `bundle.model` may be None; otherwise
-    on Keras.
+    on Keras. An ensemble bundle decodes with every member, their per-word probabilities averaged (on LiteRT
+    its captioner.tflite runs them all), and its attention maps are the members' mean.
     """
 
     def __init__(self, bundle: Bundle, source: str = "", compiled: bool = True, lite: LiteRuntime | None = None):
@@ -85,7 +86,8 @@ class Captioner:
         else:
             from captioner.model.decode import CaptionDecoder
 
-            self._decoder = CaptionDecoder(bundle.model, bundle.vocab.max_length, attention=True, compiled=compiled)
+            model = bundle.decoders if bundle.members else bundle.model
+            self._decoder = CaptionDecoder(model, bundle.vocab.max_length, attention=True, compiled=compiled)
         self._encoder = None
         self._encode_fn = None
 
@@ -108,9 +110,10 @@ class Captioner:
             return cls(load_bundle(model_dir), source=str(model_dir), compiled=compiled)
         config = read_config(model_dir)
         vocab = read_vocab(model_dir, config)
-        check_weights(model_dir)  # captioner.tflite holds the same weights
+        for name in member_files(config):  # captioner.tflite holds the same weights
+            check_weights(model_dir, name)
         if not lite_file.is_file():
-            raise CaptionerError(f"{model_dir}: bundle lacks {LITERT_FILE} (train with train.litert: true, "
+            raise CaptionerError(f"{model_dir}: bundle lacks {LITERT_FILE} (train with scst.litert: true, "
                                  "or use the keras runtime)")
         if not litert_available():
             raise CaptionerError("the litert runtime needs the ai-edge-litert package (pip install ai-edge-litert)")
@@ -138,12 +141,14 @@ class Captioner:
         return (shape[0], shape[1]) if self._decoder.attention else None
 
     def describe(self) -> dict[str, Any]:
-        """What this captioner serves: bundle folder, encoder, decoder, vocabulary size, beam size."""
+        """What this captioner serves: bundle folder, encoder, decoder (and how many are averaged), vocabulary size,
+        beam size."""
         enc = self.config["encoder"]
         return {
             "model": self.source,
             "encoder": f"{enc['name']} {enc['output']}",
             "decoder": self.bundle.decoder_kind,
+            "members": self.bundle.member_count,
             "vocab_size": len(self.bundle.vocab),
             "beam_size": self.default_beam_size,
             "runtime": "litert" if self.lite is not None else "keras",

@@ -6,8 +6,9 @@ const $ = (id) => document.getElementById(id);
 async function showModel() {
   try {
     const health = await (await fetch("/health")).json();
-    $("model").textContent = `model ${health.model} · ${health.encoder} encoder, ${health.decoder} decoder, ` +
-      `${health.vocab_size} words`;
+    const decoder = health.members > 1 ? `an ensemble of ${health.members} ${health.decoder} decoders`
+      : `${health.decoder} decoder`;
+    $("model").textContent = `model ${health.model} · ${health.encoder} encoder, ${decoder}, ${health.vocab_size} words`;
   } catch (err) {
     $("model").textContent = "model information unavailable";
   }
