@@ -397,15 +397,16 @@ def run_train(
     train_params = params["train"]
     start = time.monotonic()
     cap = TimeCap(train_params["max_minutes"], start)
+    cluster = read_cluster()
+    if cluster and not cluster.is_chief:  # a worker that shares cross-entropy training and writes nothing
+        data = load_train_data(features_dir, processed_dir, train_params["decoder"])
+        return fit_decoder(data, train_params, params["seed"], live_dir=None, verbose=verbose, cap=cap)[1]
     self_critical_on = train_params["scst_epochs"] > 0
     data = load_train_data(features_dir, processed_dir, train_params["decoder"])
     if self_critical_on:
         captions = read_captions(Path(processed_dir) / "captions.json")
         references = [captions.get(name, []) for name in data.image_names]
     model, summary = fit_decoder(data, train_params, params["seed"], live_dir=live_dir, verbose=verbose, cap=cap)
-    cluster = read_cluster()
-    if cluster and not cluster.is_chief:
-        return summary
     spec = decoder_spec(train_params, len(data.vocab), data.feature_shape)
     if self_critical_on and not cap.passed():
         from captioner.model.scst import image_set, self_critical
