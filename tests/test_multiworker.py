@@ -103,6 +103,24 @@ def test_two_workers_train_together_only_the_chief_writes_and_the_loss_matches_o
     assert chief["train_loss"][0] == pytest.approx(single["train_loss"][0], rel=FIRST_EPOCH_RTOL)
 
 
+def test_the_time_cap_stops_every_worker_after_the_same_epoch(tmp_path):
+    pytest.importorskip("keras")
+    from helpers_model import make_dataset, small_params
+
+    roots = [tmp_path / "chief", tmp_path / "worker"]
+    for root in roots:
+        make_dataset(root, grid=True)
+    params = small_params("attention", epochs=50, captions_per_image=5, batch_size=20, patience=50,
+                          max_minutes=0.0001)  # past before the first epoch ends (12 batches: no mid-epoch check)
+    procs = start_workers(roots, params)
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    for out, _ in outs:
+        summary = json.loads(out.strip().splitlines()[-1])
+        assert summary["epochs_run"] == 1 and summary["stopped_by"] == "time_cap"
+
+
 def test_a_killed_worker_stops_the_chief_with_one_line_naming_it(tmp_path):
     pytest.importorskip("keras")
     from helpers_model import make_dataset, small_params

@@ -101,10 +101,6 @@ class Placement:
         return self.cluster.workers if self.cluster else 1
 
     @property
-    def rank(self) -> int:
-        return self.cluster.rank if self.cluster else 0
-
-    @property
     def is_chief(self) -> bool:
         return self.cluster is None or self.cluster.is_chief
 
@@ -185,7 +181,7 @@ def agree(place: Placement, flag: bool) -> bool:
 
     strategy = place.strategy
     local = strategy.run(lambda: tf.constant(1.0 if flag else 0.0))
-    return bool(strategy.reduce(tf.distribute.ReduceOp.MAX, local, axis=None).numpy() > 0)
+    return bool(strategy.reduce(tf.distribute.ReduceOp.SUM, local, axis=None).numpy() > 0)
 
 
 def cap_sync_due(batch: int) -> bool:

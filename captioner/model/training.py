@@ -234,23 +234,25 @@ class TimeCap:
     def callback(self, place: Placement | None = None):
         """A Keras callback that stops training at the first batch past the deadline.
 
-        Under a TF_CONFIG cluster the workers agree every few batches (any worker past it stops all), so
-        they all stop after the same step.
+        Under a TF_CONFIG cluster the workers agree every few batches and at the end of each epoch (any
+        worker past it stops all), so they all stop after the same step.
         """
         import keras
 
         cap = self
+        cluster = place is not None and place.cluster is not None
 
         class StopAtCap(keras.callbacks.Callback):
             def on_train_batch_end(self, batch, logs=None):
-                if place is None or place.cluster is None:
-                    stop = cap.passed()
+                if not cluster:
+                    self.model.stop_training = self.model.stop_training or cap.passed()
                 elif cap_sync_due(batch):
-                    stop = cap.hit = agree(place, cap.passed())
-                else:
-                    stop = False
-                if stop:
-                    self.model.stop_training = True
+                    self.on_epoch_end(batch)
+
+            def on_epoch_end(self, epoch, logs=None):
+                if cluster:
+                    cap.hit = agree(place, cap.passed())
+                    self.model.stop_training = self.model.stop_training or cap.hit
 
         return StopAtCap()
 
