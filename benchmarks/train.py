@@ -96,7 +96,7 @@ def build(data, variant: tuple[int, int, str, int] | None):
     """(compiled attention decoder, training dataset) of a row, as the train stage builds them."""
     import keras
 
-    from captioner import model as m
+    from captioner.model import decoders as m
     from captioner.core.params import DEFAULTS
     from captioner.model.training import make_dataset
 

@@ -46,6 +46,12 @@ def test_two_logical_devices_train_data_parallel_and_the_bundle_loads_on_one(tmp
     losses = summary["train_loss"]
     assert losses[-1] < 0.8 * losses[0]  # it learns
 
+    from test_train_eval import train
+
+    make_dataset(tmp_path / "one", grid=True)
+    one = train(tmp_path / "one", {**params, "train": {**params["train"], "devices": 1}})
+    assert losses[0] == pytest.approx(one["train_loss"][0], rel=0.02)  # the loss, not replicas x the loss
+
     from captioner.model.bundle import load_bundle
     from captioner.model.decode import CaptionDecoder
     from captioner.vision.feature_store import load_features

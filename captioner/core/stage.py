@@ -31,10 +31,11 @@ def run_main(main: Callable[[], None]) -> None:
 
 
 def stage_args(description: str, inputs: Sequence[str], outputs: Sequence[str],
-               argv: Sequence[str] | None = None) -> argparse.Namespace:
+               argv: Sequence[str] | None = None, clean: bool = True) -> argparse.Namespace:
     """Parse a stage script's `--name PATH` options (all required; dvc.yaml gives them) into Paths.
 
-    Before the stage writes anything, what an earlier killed run left beside its outputs is removed.
+    Before the stage writes anything, what an earlier killed run left beside its outputs is removed
+    (unless `clean` is false: a process that writes none of the outputs leaves them alone).
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", type=Path, required=True, metavar="PATH", help="the params file (params.yaml)")
@@ -42,7 +43,7 @@ def stage_args(description: str, inputs: Sequence[str], outputs: Sequence[str],
         role = "output" if name in outputs else "input"
         parser.add_argument(f"--{name.replace('_', '-')}", type=Path, required=True, metavar="PATH", help=role)
     args = parser.parse_args(argv)
-    removed = remove_stale(*(getattr(args, name) for name in outputs))
+    removed = remove_stale(*(getattr(args, name) for name in outputs)) if clean else 0
     if removed:
         print(f"removed {removed} temporary file(s) left by an interrupted run", file=sys.stderr)
     return args

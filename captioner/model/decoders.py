@@ -463,7 +463,22 @@ class CaptionLoss(keras.losses.Loss):
         real, rows = ops.shape(targets)[0], ops.shape(y_pred)[0]
         losses = keras.losses.sparse_categorical_crossentropy(_zero_pad(targets, rows), y_pred, from_logits=True)
         counted = ops.cast(ops.arange(rows) < real, losses.dtype)
-        return ops.sum(losses * counted) / ops.maximum(ops.cast(real, losses.dtype), 1.0)
+        mean = ops.sum(losses * counted) / ops.maximum(ops.cast(real, losses.dtype), 1.0)
+        return mean / _replicas_in_sync()
+
+
+def _replicas_in_sync() -> int:
+    """Replicas of the enclosing tf.distribute strategy (1 outside one).
+
+    Keras divides a vector loss by the replica count (replicas' gradients are summed) and multiplies the
+    logged loss back, but leaves a scalar loss such as CaptionLoss's undivided: it is divided here, or
+    distributed training would log (and step with) the replica count times the loss.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return int(tf.distribute.get_strategy().num_replicas_in_sync)
 
 
 def caption_loss() -> keras.losses.Loss:

@@ -7,11 +7,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from captioner.core.errors import CaptionerError
+from captioner.model.distribute import (
+    Placement, agree, prepare_for_cluster, cap_sync_due, lost_worker, placement, read_cluster, worker_share,
+)
 from captioner.model.finite import stop_on_nonfinite
 from captioner.vision.feature_store import FEATURES_FILE, FeatureReader, prepare_features
 from captioner.core.jsonfile import read_json
@@ -130,16 +133,27 @@ def image_batch_plan(
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def _as_model_batch(features, tokens: np.ndarray, image_rows: np.ndarray, caption_ids: np.ndarray):
-    """((images (B, ...) float32, input ids (B*k, w-1)), target ids (B*k, w-1)), w the batch's longest caption."""
+def _as_model_batch(features, tokens: np.ndarray, image_rows: np.ndarray, caption_ids: np.ndarray,
+                    parts: int = 1, part: int = 0):
+    """((images (B, ...) float32, input ids (B*k, w-1)), target ids (B*k, w-1)), w the batch's longest caption.
+
+    With `parts` > 1 (a cluster's replicas), only the part-th share of the images (and their captions) is
+    read, padded to the whole batch's longest caption so that every replica's step has the same shapes.
+    """
     toks = tokens[caption_ids]
     width = max(int(caption_lengths(toks).max()), 2)
+    if parts > 1:
+        share = worker_share(len(image_rows), parts, part)
+        per_image = len(caption_ids) // len(image_rows)
+        image_rows = image_rows[share]
+        toks = toks[share.start * per_image : share.stop * per_image]
     toks = toks[:, :width]
     return (np.asarray(features[image_rows], dtype=np.float32), toks[:, :-1]), toks[:, 1:]
 
 
 def make_dataset(
-    features, captions: CaptionSet, batch_size: int, seed: int | None, captions_per_image: int = 1, devices: int = 1
+    features, captions: CaptionSet, batch_size: int, seed: int | None, captions_per_image: int = 1, devices: int = 1,
+    parts: int = 1, part_ids: Sequence[int] = (0,),
 ):
     """tf.data of ((image features, input ids), target ids) batches padded to their own longest caption.
 
@@ -147,7 +161,10 @@ def make_dataset(
     captions, so the decoder's image side runs once per image; a seed reshuffles every epoch
     (deterministically). With k = 1 every caption comes once with its own image row, length-bucketed; seed
     None keeps a fixed order (validation). Each batch reads its images' rows from `features` (a FeatureReader or
-    an array), so memory does not grow with the number of images.
+    an array), so memory does not grow with the number of images. With `parts` > 1 (the replicas of a
+    TF_CONFIG cluster), every worker plans the same global batches and yields, per batch, only the shares
+    `part_ids` of its own replicas (a batch of k = 1 captions is cut to a multiple of `parts`); the global
+    batch stays `batch_size`.
     """
     import tensorflow as tf
 
@@ -161,15 +178,18 @@ def make_dataset(
         plan = image_batch_plan(captions, images_per_batch, captions_per_image, np.random.default_rng(0), devices)
         n_batches = len(plan)
     else:
-        n_batches = len(batch_plan(lengths, batch_size, None))
+        n_batches = sum(len(idx) >= parts for idx in batch_plan(lengths, batch_size, None))
 
     def batches() -> Iterator:
         if grouped:
             for rows, ids in image_batch_plan(captions, images_per_batch, captions_per_image, rng, devices):
-                yield _as_model_batch(features, captions.tokens, rows, ids)
+                for part in part_ids:
+                    yield _as_model_batch(features, captions.tokens, rows, ids, parts, part)
         else:
             for idx in batch_plan(lengths, batch_size, rng):
-                yield _as_model_batch(features, captions.tokens, captions.image_rows[idx], idx)
+                idx = idx[: len(idx) - len(idx) % parts]
+                for part in part_ids if len(idx) else ():
+                    yield _as_model_batch(features, captions.tokens, captions.image_rows[idx], idx, parts, part)
 
     spec = (
         (
@@ -179,7 +199,9 @@ def make_dataset(
         tf.TensorSpec((None, None), tf.int32),
     )
     ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
-    return ds.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(2)
+    if len(part_ids) == 1:  # Keras takes elements for steps: with several per step it counts them as it goes
+        ds = ds.apply(tf.data.experimental.assert_cardinality(n_batches))
+    return ds.prefetch(2)
 
 
 def open_live(directory: str):
@@ -221,21 +243,33 @@ class TimeCap:
         self.hit = self.hit or time.monotonic() > self.deadline
         return self.hit
 
-    def callback(self):
-        """A Keras callback that stops training at the first batch past the deadline."""
+    def callback(self, place: Placement | None = None):
+        """A Keras callback that stops training at the first batch past the deadline.
+
+        Under a TF_CONFIG cluster the workers agree every few batches and at the end of each epoch (any
+        worker past it stops all), so they all stop after the same step.
+        """
         import keras
 
         cap = self
+        cluster = place is not None and place.cluster is not None
 
         class StopAtCap(keras.callbacks.Callback):
             def on_train_batch_end(self, batch, logs=None):
-                if cap.passed():
-                    self.model.stop_training = True
+                if not cluster:
+                    self.model.stop_training = self.model.stop_training or cap.passed()
+                elif cap_sync_due(batch):
+                    self.on_epoch_end(batch)
+
+            def on_epoch_end(self, epoch, logs=None):
+                if cluster:
+                    cap.hit = agree(place, cap.passed())
+                    self.model.stop_training = self.model.stop_training or cap.hit
 
         return StopAtCap()
 
 
-def _callbacks(params: dict[str, Any], live_dir: str | None, monitor: str, cap: TimeCap):
+def _callbacks(params: dict[str, Any], live_dir: str | None, monitor: str, cap: TimeCap, place: Placement):
     """The non-finite loss stop (first: nothing logs or restores a NaN), early stopping (best weights restored),
     LR decay on plateau, the time cap, DVCLive logging."""
     import keras
@@ -253,26 +287,7 @@ def _callbacks(params: dict[str, Any], live_dir: str | None, monitor: str, cap: 
         live = open_live(live_dir)
         live.log_params({f"train.{k}": v for k, v in params.items()})
         extra.append(DVCLiveCallback(live=live))
-    return [stop_on_nonfinite(), stop, plateau, cap.callback(), *extra], stop
-
-
-def distribution(devices: str | int):
-    """A MirroredStrategy over `train.devices` devices (GPUs, else logical CPU devices), or None for one device.
-
-    `auto` takes every GPU when there are several and one device otherwise.
-    """
-    import tensorflow as tf
-
-    gpus, cpus = tf.config.list_logical_devices("GPU"), tf.config.list_logical_devices("CPU")
-    n = (len(gpus) if len(gpus) > 1 else 1) if devices == "auto" else int(devices)
-    if n == 1:
-        return None
-    pool = gpus if len(gpus) >= n else cpus
-    if len(pool) < n:
-        raise CaptionerError(
-            f"params.yaml: train.devices is {n} but TensorFlow sees {len(gpus)} GPU and {len(cpus)} CPU devices"
-        )
-    return tf.distribute.MirroredStrategy([d.name for d in pool[:n]])
+    return [stop_on_nonfinite(), stop, plateau, cap.callback(place), *extra], stop
 
 
 def decoder_spec(params: dict[str, Any], vocab_size: int, feature_shape: tuple[int, ...]):
@@ -302,38 +317,47 @@ def fit_decoder(
     """Build and train the `params['decoder']` model; return (model with the best weights, summary dict).
 
     The model computes in `params['precision']` (resolved: bfloat16 only where the hardware has it) on
-    `params['devices']` devices (data-parallel through tf.distribute.MirroredStrategy above one). The model
-    returned is on one device, still in the training precision.
+    `params['devices']` devices (data-parallel through tf.distribute.MirroredStrategy above one), or on
+    every worker of the `TF_CONFIG` cluster (MultiWorkerMirroredStrategy, DVCLive on the chief only). The
+    model returned is on one device, still in the training precision.
     """
-    import contextlib
-
     import keras
     import tensorflow as tf
 
     from captioner.model.decoders import build_decoder, caption_loss
     from captioner.core.precision import keras_policy, resolve_precision
 
+    cluster = read_cluster()
+    place = placement(params["devices"], cluster)  # first: a cluster's strategy must come before any op
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
     cap = cap or TimeCap(params["max_minutes"])
     precision = resolve_precision(params["precision"])
     spec = decoder_spec(params, len(data.vocab), data.feature_shape)
-    strategy = distribution(params["devices"])
-    devices = strategy.num_replicas_in_sync if strategy else 1
-    per_image = params["captions_per_image"]
-    train_ds = make_dataset(data.features, data.train, params["batch_size"], seed, per_image, devices)
+    devices, workers = place.replicas, place.workers
+    per_image, batch_size = params["captions_per_image"], params["batch_size"]
+    train_ds = place.datasets(lambda *parts: make_dataset(data.features, data.train, batch_size, seed, per_image,
+                                                          devices, *parts))
     has_val = len(data.val) > 0
-    val_ds = make_dataset(data.features, data.val, params["batch_size"], None) if has_val else None
+    val_ds = place.datasets(lambda *parts: make_dataset(data.features, data.val, batch_size, None, 1, 1, *parts))
+    val_ds = val_ds if has_val else None
     monitor = "val_loss" if has_val else "loss"
-    callbacks, stop = _callbacks(params, live_dir, monitor, cap)
+    callbacks, stop = _callbacks(params, live_dir if place.is_chief else None, monitor, cap, place)
     start = time.monotonic()
-    with strategy.scope() if strategy else contextlib.nullcontext():
+    with place.scope():
         model = build_decoder(spec, keras_policy(precision))
         model.compile(optimizer=keras.optimizers.Adam(params["learning_rate"]), loss=caption_loss(), jit_compile=False)
-        history = model.fit(
-            train_ds, validation_data=val_ds, epochs=params["epochs"], callbacks=callbacks, verbose=verbose,
-            shuffle=False,
-        )
+        prepare_for_cluster(model, place, data.features.shape[1:])
+        try:
+            history = model.fit(
+                train_ds, validation_data=val_ds, epochs=params["epochs"], callbacks=callbacks, verbose=verbose,
+                shuffle=False,
+            )
+        except Exception as exc:
+            lost = lost_worker(exc, cluster) if cluster else None
+            if lost is None:
+                raise
+            raise lost from None
     wall = time.monotonic() - start
     losses = history.history.get(monitor, [])
     epochs_run = len(history.history.get("loss", []))
@@ -343,6 +367,7 @@ def fit_decoder(
         "decoder": spec.kind,
         "precision": precision,
         "devices": devices,
+        "workers": workers,
         "epochs_run": epochs_run,
         "best_epoch": best_epoch,
         f"best_{monitor}": float(losses[best_epoch - 1]) if losses else None,
@@ -354,7 +379,7 @@ def fit_decoder(
         "captions_per_second": round(captions_per_epoch * epochs_run / wall, 1) if wall > 0 else None,
         "parameters": int(model.count_params()),
     }
-    return (copy_decoder(model, spec, keras_policy(precision)) if strategy else model), summary
+    return (copy_decoder(model, spec, keras_policy(precision)) if place.strategy else model), summary
 
 
 def copy_decoder(model, spec, dtype: str = "float32"):
@@ -389,13 +414,18 @@ def run_train(
 ) -> dict[str, Any]:
     """The train stage: cross-entropy on the pipeline's outputs; write the model (a bundle without LiteRT) and metrics.
 
-    The finetune stage reads that model and goes on with self-critical training (or passes it through).
+    The finetune stage reads that model and goes on with self-critical training (or passes it through). On a
+    worker of a TF_CONFIG cluster other than the chief it trains its share and writes nothing.
     """
     from captioner.model.bundle import make_config, save_bundle
 
     train_params = params["train"]
     start = time.monotonic()
     cap = TimeCap(train_params["max_minutes"], start)
+    cluster = read_cluster()
+    if cluster and not cluster.is_chief:  # a worker that shares cross-entropy training and writes nothing
+        data = load_train_data(features_dir, processed_dir, train_params["decoder"])
+        return fit_decoder(data, train_params, params["seed"], live_dir=None, verbose=verbose, cap=cap)[1]
     data = load_train_data(features_dir, processed_dir, train_params["decoder"])
     model, summary = fit_decoder(data, train_params, params["seed"], live_dir=live_dir, verbose=verbose, cap=cap)
     spec = decoder_spec(train_params, len(data.vocab), data.feature_shape)
