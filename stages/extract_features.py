@@ -1,8 +1,5 @@
 """DVC stage `extract_features`: data/raw/Images -> data/features/ (features.h5 + meta.json), resumable."""
 
-import tensorflow as tf
-
-from captioner.vision.features import run_extraction
 from captioner.core.native_logs import start_tensorflow
 from captioner.core.params import load_params
 from captioner.core.stage import run_main, stage_args
@@ -12,6 +9,10 @@ def main() -> None:
     """Encode every image with the encoder that params.yaml's `features` section names."""
     args = stage_args(__doc__, inputs=["images"], outputs=["out"])
     start_tensorflow()  # before any work: its CUDA probe lines are dropped on a machine without a GPU
+    import tensorflow as tf
+
+    from captioner.vision.features import run_extraction
+
     gpus = tf.config.list_physical_devices("GPU")
     meta = run_extraction(args.images, args.out, load_params(args.params)["features"])
     print(

@@ -114,13 +114,19 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def scratch_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a work folder beside `target` (named like its temporaries, so `remove_stale` finds it); remove it after."""
+    """Yield a work folder beside `target` (named like its temporaries, so `remove_stale` finds it); remove it after.
+    A full disk (or quota, or file-size limit) while working in it is one line naming the file."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = temp_sibling(target, "scratch")
     os.mkdir(scratch, 0o700)
     try:
         yield scratch
+    except OSError as exc:
+        if _disk_full(exc):
+            raise CaptionerError(f"{exc.filename or scratch}: cannot write: {_reason(exc)} (free some space "
+                                 f"beside {target} and re-run)") from exc
+        raise
     finally:
         _remove(scratch)
 

@@ -92,6 +92,13 @@ class Bundle:
         """merge | inject | attention."""
         return self.config["decoder"]["kind"]
 
+    @property
+    def decoder_spec(self):
+        """The DecoderSpec config.json records (member 1's): what rebuilds the decoder, e.g. in another precision."""
+        from captioner.model.decoders import DecoderSpec
+
+        return DecoderSpec(feature_shape=self.feature_shape, **self.config["decoder"])
+
 
 def make_config(
     encoder: dict[str, Any], feature_shape: tuple[int, ...], decoder: dict[str, Any], decoding: dict[str, Any]
@@ -263,13 +270,20 @@ def check_weights(directory: str | os.PathLike[str], name: str = MODEL_FILE) -> 
                              f"retrain with `dvc repro train`)")
 
 
-def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
-    """Load a bundle and check that its files agree (vocabulary vs model output, feature shape vs model input)."""
-    directory = Path(directory)
+def read_checked(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], Vocabulary]:
+    """A bundle's checked config.json and vocab.json, after every decoder file's weights were found finite: what
+    both runtimes need before they load anything (captioner.tflite holds the same weights)."""
     config = read_config(directory)
     vocab = read_vocab(directory, config)
     for name in member_files(config):
         check_weights(directory, name)
+    return config, vocab
+
+
+def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
+    """Load a bundle and check that its files agree (vocabulary vs model output, feature shape vs model input)."""
+    directory = Path(directory)
+    config, vocab = read_checked(directory)
     models = [_load_decoder(directory, name, config, vocab) for name in member_files(config)]
     return Bundle(model=models[0], vocab=vocab, config=config, members=models[1:])
 

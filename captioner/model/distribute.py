@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from captioner.core.errors import CaptionerError
+from captioner.core.params import where
 
 TF_CONFIG = "TF_CONFIG"
 _TASK_TYPES = ("chief", "worker")  # no parameter servers or evaluators: collective all-reduce only
@@ -142,8 +143,8 @@ def placement(devices: str | int, cluster: Cluster | None = None) -> Placement:
     local = len(strategy.extended.worker_devices)  # each worker: all its GPUs, else its CPU
     if devices != "auto" and int(devices) != local:
         raise CaptionerError(
-            f"params.yaml: train.devices is {devices} but under {TF_CONFIG} each worker trains on all its "
-            f"{local} device(s) (set train.devices: auto)"
+            f"{where('train.devices')}: train.devices is {devices} but under {TF_CONFIG} each worker trains on all "
+            f"its {local} device(s) (set train.devices: auto)"
         )
     return Placement(strategy, cluster, int(strategy.num_replicas_in_sync))
 
@@ -162,7 +163,8 @@ def distribution(devices: str | int):
     pool = gpus if len(gpus) >= n else cpus
     if len(pool) < n:
         raise CaptionerError(
-            f"params.yaml: train.devices is {n} but TensorFlow sees {len(gpus)} GPU and {len(cpus)} CPU devices"
+            f"{where('train.devices')}: train.devices is {n} but TensorFlow sees {len(gpus)} GPU and {len(cpus)} "
+            "CPU devices"
         )
     return tf.distribute.MirroredStrategy([d.name for d in pool[:n]])
 

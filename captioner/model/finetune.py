@@ -14,18 +14,6 @@ from typing import Any
 CURVES = ("val_cider", "val_bleu4", "train_reward", "sample_words")  # DVCLive metrics, one point per epoch
 
 
-def _decoder_spec(config: dict[str, Any]):
-    """The DecoderSpec a bundle's config.json describes."""
-    from captioner.model.decoders import DecoderSpec
-
-    decoder = config["decoder"]
-    return DecoderSpec(
-        kind=decoder["kind"], vocab_size=decoder["vocab_size"], feature_shape=tuple(config["feature_shape"]),
-        embedding_dim=decoder["embedding_dim"], units=decoder["units"], dropout=decoder["dropout"],
-        heads=decoder["heads"], output_units=decoder["output_units"],
-    )
-
-
 def _curve_logger(live_dir: str | None, params: dict[str, Any]):
     """(log one epoch's scores, close): DVCLive steps 0 (the cross-entropy model), 1, 2, ... or no-ops."""
     if not live_dir:
@@ -60,14 +48,13 @@ def run_finetune(
 
     from captioner.core.precision import keras_policy, resolve_precision
     from captioner.model.bundle import load_bundle, save_bundle
-    from captioner.model.decoders import build_decoder
     from captioner.model.training import TimeCap, copy_decoder, load_train_data, write_metrics
 
     scst = params["scst"]
     start = time.monotonic()
     cap = TimeCap(scst["max_minutes"], start)
     xe = load_bundle(xe_dir)
-    spec = _decoder_spec(xe.config)
+    spec = xe.decoder_spec
     precision = resolve_precision(scst["precision"])
     summary: dict[str, Any] = {"precision": precision, "epochs_run": 0}
     model = xe.model
@@ -80,8 +67,7 @@ def run_finetune(
         data = load_train_data(features_dir, processed_dir, spec.kind)
         captions = read_captions(Path(processed_dir) / "captions.json")
         references = [captions.get(name, []) for name in data.image_names]
-        model = build_decoder(spec, keras_policy(precision))
-        model.set_weights(xe.model.get_weights())
+        model = copy_decoder(xe.model, spec, keras_policy(precision))
         log_curve, close_curves = _curve_logger(live_dir, scst)
         history = self_critical(
             model, data.features, xe.vocab, image_set(data.train.image_rows, references),

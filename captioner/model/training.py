@@ -422,26 +422,18 @@ def run_train(
     train_params = params["train"]
     start = time.monotonic()
     cap = TimeCap(train_params["max_minutes"], start)
-    cluster = read_cluster()
-    if cluster and not cluster.is_chief:  # a worker that shares cross-entropy training and writes nothing
-        data = load_train_data(features_dir, processed_dir, train_params["decoder"])
-        return fit_decoder(data, train_params, params["seed"], live_dir=None, verbose=verbose, cap=cap)[1]
     data = load_train_data(features_dir, processed_dir, train_params["decoder"])
     model, summary = fit_decoder(data, train_params, params["seed"], live_dir=live_dir, verbose=verbose, cap=cap)
+    cluster = read_cluster()
+    if cluster and not cluster.is_chief:  # a worker that shared cross-entropy training writes nothing
+        return summary
     spec = decoder_spec(train_params, len(data.vocab), data.feature_shape)
     if summary["precision"] != "float32":  # the saved model is float32 whatever the training precision
         model = copy_decoder(model, spec)
     summary["time_cap_hit"] = cap.hit
     summary["total_seconds"] = round(time.monotonic() - start, 1)
-    decoder = {
-        "kind": train_params["decoder"],
-        "embedding_dim": train_params["embedding_dim"],
-        "units": train_params["units"],
-        "dropout": train_params["dropout"],
-        "heads": train_params["attention_heads"],
-        "output_units": train_params["output_units"],
-        "vocab_size": len(data.vocab),
-    }
+    decoder = {key: getattr(spec, key) for key in ("kind", "embedding_dim", "units", "dropout", "heads",
+                                                    "output_units", "vocab_size")}  # Bundle.decoder_spec reads it back
     decoding = {"beam_size": DEFAULT_BEAM_SIZE, "max_length": data.vocab.max_length, "length_alpha": 1.0}
     config = make_config(encoder_config(data.feature_meta, data.feature_shape), data.feature_shape, decoder, decoding)
     save_bundle(model_dir, model, data.vocab, config)

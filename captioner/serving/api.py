@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from captioner.model.bundle import Bundle, check_weights, load_bundle, member_files, read_config, read_vocab
+from captioner.model.bundle import Bundle, load_bundle, read_checked
 from captioner.core.errors import CaptionerError
 from captioner.model.litert import LITERT_FILE, LiteRuntime, litert_available
 
@@ -108,10 +108,7 @@ class Captioner:
             runtime = "litert" if lite_file.is_file() and litert_available() else "keras"
         if runtime == "keras":
             return cls(load_bundle(model_dir), source=str(model_dir), compiled=compiled)
-        config = read_config(model_dir)
-        vocab = read_vocab(model_dir, config)
-        for name in member_files(config):  # captioner.tflite holds the same weights
-            check_weights(model_dir, name)
+        config, vocab = read_checked(model_dir)
         if not lite_file.is_file():
             raise CaptionerError(f"{model_dir}: bundle lacks {LITERT_FILE} (train with scst.litert: true, "
                                  "or use the keras runtime)")

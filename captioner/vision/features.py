@@ -180,7 +180,7 @@ def run_extraction(images_dir: Path, out_dir: Path, params_features: dict[str, A
     if not names:
         store.remove()
         raise CaptionerError(f"{images_dir}: none of the {len(paths)} files is a readable image")
-    first = store.features(keys[0])
+    shape, dtype = feature_shape(encoder, output), np.dtype(feature_dtype(output))  # every piece was checked for both
     meta = {
         "encoder": encoder,
         "weights": weights,
@@ -189,8 +189,8 @@ def run_extraction(images_dir: Path, out_dir: Path, params_features: dict[str, A
         "input_size": spec.input_size,
         "preprocessing": spec.preprocessing,
         "precision": resolve_precision(params_features["precision"]),
-        "feature_shape": list(first.shape[1:]),
-        "dtype": str(first.dtype),
+        "feature_shape": list(shape),
+        "dtype": str(dtype),
         "num_images": len(names),
         "num_files": len(paths),
         "num_skipped": len(skipped),
@@ -198,8 +198,7 @@ def run_extraction(images_dir: Path, out_dir: Path, params_features: dict[str, A
     }
     attrs = {k: meta[k] for k in ("encoder", "weights", "weights_id", "output", "input_size")}
     with atomic_dir(out_dir) as tmp:
-        write_features(tmp / FEATURES_FILE, names, first.shape[1:], first.dtype, (store.features(k) for k in keys),
-                       attrs)
+        write_features(tmp / FEATURES_FILE, names, shape, dtype, (store.features(k) for k in keys), attrs)
         write_json(tmp / META_FILE, meta)
     store.remove()
     if skipped:

@@ -3,7 +3,6 @@ each turned into `data/raw/`."""
 
 from __future__ import annotations
 
-import errno
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from captioner.core.errors import CaptionerError
 from captioner.core.params import where
 
 SOURCES = ("sample", "folder", "archive", "kaggle", "karpathy")
-DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # as core/atomic.py: full disk, quota, file-size limit
 
 
 def _paths(value: Any) -> list[Path]:
@@ -69,13 +67,7 @@ def prepare_raw(data: dict[str, Any], out_dir: Path) -> RawDataset:
                              f"(choose one of {', '.join(SOURCES)})")
     check_split_params(data)
     with scratch_dir(out_dir) as scratch:
-        try:
-            dataset = _build(source, data, scratch)
-        except OSError as exc:  # unpacking or drawing the sample in the scratch folder beside out_dir
-            if exc.errno in DISK_FULL:
-                raise CaptionerError(f"{exc.filename or scratch}: cannot write: {exc.strerror} (free some space "
-                                     f"beside {out_dir} and re-run)") from exc
-            raise
+        dataset = _build(source, data, scratch)  # a full disk while unpacking is one line (scratch_dir)
         if not dataset.image_files:
             raise CaptionerError(f"data.source {source}: no usable images: {_why_empty(dataset.report)}")
         dataset.report["source"] = source
