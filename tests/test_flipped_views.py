@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import h5py
 import numpy as np
 import pytest
 from PIL import Image
@@ -77,6 +78,12 @@ def test_the_feature_file_holds_the_flipped_view_in_the_same_row_order(tmp_path)
         FeatureReader(bare, FLIPPED)
     with pytest.raises(ValueError, match="6 names but 5 flipped rows"):
         write_features(tmp_path / "short.h5", names, (4,), np.float32, [rows], {}, {FLIPPED: [rows[:5]]})
+    with h5py.File(path, "a") as f:  # a mirrored view that does not match the images' rows
+        del f[FLIPPED]
+        f.create_dataset(FLIPPED, data=rows[:, :3])
+    with pytest.raises(CaptionerError, match=r"features.h5: 'flipped' rows of shape \(6, 3\) but 'features' of "
+                                             r"\(6, 4\)$"):
+        FeatureReader(path)
 
 
 def test_a_nan_in_the_flipped_view_is_refused_naming_it(tmp_path):
@@ -172,7 +179,7 @@ def test_extraction_with_flip_stores_the_mirrored_images_and_leaves_the_rest_as_
 
 
 def flipped_copy(root):
-    """Give data/features/features.h5 under `root` a mirrored view: the features mirrored along the cells."""
+    """Give data/features/features.h5 under `root` a mirrored view (a stand-in: the features reversed)."""
     path = root / "data/features/features.h5"
     names, features, attrs = load_features(path)
     write_features(path, names, features.shape[1:], features.dtype, [features], attrs,
@@ -185,8 +192,8 @@ def test_train_and_self_critical_training_use_the_mirrored_view_when_the_file_ha
     from captioner.model.finetune import run_finetune
     from captioner.model.training import load_train_data, run_train
 
-    make_dataset(tmp_path, grid=True)
-    params = small_params("attention", scst={"epochs": 1}, epochs=2, captions_per_image=5, batch_size=20)
+    make_dataset(tmp_path)
+    params = small_params("merge", scst={"epochs": 1}, epochs=2, captions_per_image=5, batch_size=20)
 
     def run():
         summary = run_train(params, tmp_path / "data/features", tmp_path / "data/processed", tmp_path / "models/xe",
@@ -195,10 +202,10 @@ def test_train_and_self_critical_training_use_the_mirrored_view_when_the_file_ha
                             tmp_path / "models/captioner", tmp_path / "metrics/finetune.json", None)
         return summary["train_loss"], scst["train_reward"], (tmp_path / "models/captioner/decoder.keras").read_bytes()
 
-    assert load_train_data(tmp_path / "data/features", tmp_path / "data/processed", "attention").mirror is None
+    assert load_train_data(tmp_path / "data/features", tmp_path / "data/processed", "merge").mirror is None
     plain = run()
     flipped_copy(tmp_path)
-    data = load_train_data(tmp_path / "data/features", tmp_path / "data/processed", "attention")
+    data = load_train_data(tmp_path / "data/features", tmp_path / "data/processed", "merge")
     assert data.mirror is not None and data.mirror.rows.shape == data.features.shape
     first, second = run(), run()
     assert first == second  # seeded: the same views, the same model
