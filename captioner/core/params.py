@@ -33,6 +33,7 @@ SETTINGS: dict[str, Field] = {
     "features.output": choice("grid", "grid", "pooled"),
     "features.batch_size": integer(32, 1, 4096),
     "features.precision": choice("float32", "auto", "float32", "bfloat16"),
+    "features.flip": Field("bool", False),
     "text.min_words": integer(1, 1, 100),
     "tokenize.min_count": integer(5, 1),
     "tokenize.max_length_percentile": number(99, 1, 100),

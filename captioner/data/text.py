@@ -21,6 +21,8 @@ MAX_LENGTH = 200  # longest padded sequence (<start> + words + <end>) a vocabula
 _MAX_LENGTH_FIELD = Field("int", low=len(RESERVED) - 1, high=MAX_LENGTH)
 _TOKENS_FIELD = Field("list")
 
+MIRRORED_WORDS = {"left": "right", "right": "left"}  # what a caption of an image says of its mirror image
+
 _DIGIT = re.compile(r"\d")
 _NON_LETTER = re.compile(r"[^a-z]+")
 
@@ -109,3 +111,17 @@ class Vocabulary:
                 continue
             words.append(self.tokens[i])
         return " ".join(words)
+
+
+def mirror_caption(caption: str) -> str:
+    """The caption of the image mirrored left-right: `left` and `right` swapped, every other word kept."""
+    return " ".join(MIRRORED_WORDS.get(word, word) for word in caption.split())
+
+
+def mirror_ids(vocab: Vocabulary) -> np.ndarray:
+    """Token id -> its id in the mirrored caption (`table[ids]`): `left` and `right` swapped, the rest kept.
+
+    A word whose mirror word is not in the vocabulary becomes <unk>, as tokenizing the mirrored caption gives.
+    """
+    index = vocab.index
+    return np.array([index.get(MIRRORED_WORDS.get(token, token), UNK_ID) for token in vocab.tokens], dtype=np.int32)

@@ -72,7 +72,7 @@ def run_finetune(
         history = self_critical(
             model, data.features, xe.vocab, image_set(data.train.image_rows, references),
             image_set(data.val.image_rows, references), scst, params["seed"], cap=cap, on_epoch=log_curve,
-            on_start=log_curve,
+            on_start=log_curve, mirrored=data.mirror.rows if data.mirror else None,
         )
         close_curves()
         summary.update(history)

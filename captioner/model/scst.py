@@ -4,6 +4,9 @@ After cross-entropy training, each step draws k captions per image from the mode
 CIDEr-D against that image's references, and raises the log-probability of the samples that beat the
 mean of the other k-1 samples (the baseline) while lowering the others. This optimises the sentence-level
 metric directly instead of next-word likelihood; the weights with the best greedy val CIDEr-D are kept.
+With a mirrored view (`features.flip`) each train image comes up, as in cross-entropy training, in a view
+drawn at random, the mirrored one judged against its references with `left` and `right` swapped; document
+frequencies then come from the references of both views. Val is scored on the images as they are.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import numpy as np
 
 from captioner.model.cider import CiderD
 from captioner.model.finite import require_finite, rounded
-from captioner.data.text import PAD_ID, START_ID, Vocabulary
+from captioner.data.text import PAD_ID, START_ID, Vocabulary, mirror_caption
+from captioner.model.views import BothViews, show, view_draws
 
 _VAL_CHUNK = 256  # images decoded per read when scoring val
 
@@ -120,6 +124,7 @@ def self_critical(
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
     on_start: Callable[[dict[str, float]], None] = lambda scores: None,
     on_epoch: Callable[[dict[str, float]], None] = lambda scores: None,
+    mirrored: Any = None,
 ) -> dict[str, Any]:
     """Fine-tune `model` in place for `params['epochs']` epochs (the `scst` section), or until the time `cap` passes.
 
@@ -127,14 +132,19 @@ def self_critical(
     Stops after the first epoch that does not raise greedy val CIDEr-D, keeps the weights with the best
     (the cross-entropy weights if no epoch beats them) and returns a summary for metrics/finetune.json, with
     every epoch's val CIDEr-D and BLEU-4. `on_start` gets the starting model's val scores and `on_epoch` each
-    epoch's scores (the points of the curves).
+    epoch's scores (the points of the curves). `mirrored`: the mirrored view's feature rows (same order as
+    `features`), or None to train on the images as they are.
     """
     from captioner.model.decode import CaptionDecoder
 
     k, batch_images = int(params["samples"]), int(params["batch_images"])
     rng = np.random.default_rng(seed)
     decoder = CaptionDecoder(model, vocab.max_length, compiled=False)  # sample/greedy use their own graph
-    reward = CiderD(train.references)
+    references, source = train.references, features
+    if mirrored is not None:
+        references = references + [[mirror_caption(ref) for ref in refs] for refs in references]
+        source, draws = BothViews(features, mirrored), view_draws(seed)
+    reward = CiderD(references)
     step = policy_step(model, params["learning_rate"], len(vocab))
     start = time.monotonic()
 
@@ -156,10 +166,13 @@ def self_critical(
             if cap.passed():
                 break
             local = order[first : first + batch_images]
-            images = np.asarray(features[train.rows[local]], dtype=np.float32)
+            rows, judged = train.rows[local], local  # judged: index of the references in `references`
+            if mirrored is not None:
+                rows, judged = show(draws, rows, local, len(features), len(train.rows))
+            images = np.asarray(source[rows], dtype=np.float32)
             samples = decoder.sample(images, k, rng)
             captions = [vocab.decode(row) for row in samples]
-            rewards = reward.scores(np.repeat(local, k), captions)
+            rewards = reward.scores(np.repeat(judged, k), captions)
             rewards_seen.append(require_finite(rewards.mean(), f"the self-critical reward at epoch {epoch + 1}"))
             words_seen.append(float(np.mean([len(c.split()) for c in captions])))
             inputs, targets, weights = policy_batch(samples, rewards, k)

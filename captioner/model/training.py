@@ -16,7 +16,8 @@ from captioner.model.distribute import (
     Placement, agree, prepare_for_cluster, cap_sync_due, lost_worker, placement, read_cluster, worker_share,
 )
 from captioner.model.finite import stop_on_nonfinite
-from captioner.vision.feature_store import FEATURES_FILE, FeatureReader, prepare_features
+from captioner.model.views import Mirror, show, view_draws
+from captioner.vision.feature_store import FEATURES_FILE, FLIPPED, FeatureReader, prepare_features
 from captioner.core.jsonfile import read_json
 from captioner.data.text import PAD_ID, Vocabulary
 
@@ -47,10 +48,14 @@ class TrainData:
     vocab: Vocabulary
     train: CaptionSet
     val: CaptionSet
+    mirror: Mirror | None = None  # the mirrored view (a file extracted with features.flip), read like `features`
 
 
 def load_train_data(features_dir: str | os.PathLike[str], processed_dir: str | os.PathLike[str], decoder: str) -> TrainData:
-    """Read features.h5 + meta.json, vocab.json and sequences.npz; map each caption to its image's feature row."""
+    """Read features.h5 + meta.json, vocab.json and sequences.npz; map each caption to its image's feature row.
+
+    A feature file with the mirrored view (`features.flip`) gives `mirror`: training shows both views.
+    """
     features_dir, processed_dir = Path(features_dir), Path(processed_dir)
     reader = FeatureReader(features_dir / FEATURES_FILE)
     names, attrs = reader.names, reader.attrs
@@ -76,7 +81,11 @@ def load_train_data(features_dir: str | os.PathLike[str], processed_dir: str | o
             splits[split] = CaptionSet(image_rows[keep], seq[key_tok][keep].astype(np.int32))
     if not len(splits["train"]):
         raise CaptionerError(f"{seq_path}: no train captions with features in {features_dir / FEATURES_FILE}")
-    return TrainData(features, list(names), feature_shape, meta, vocab, splits["train"], splits["val"])
+    mirror = None
+    if reader.has_flipped:
+        flipped = FeatureReader(features_dir / FEATURES_FILE, FLIPPED)
+        mirror = Mirror.of(prepare_features(flipped, decoder, f"{features_dir / FEATURES_FILE} ({FLIPPED})"), vocab)
+    return TrainData(features, list(names), feature_shape, meta, vocab, splits["train"], splits["val"], mirror)
 
 
 def caption_lengths(tokens: np.ndarray) -> np.ndarray:
@@ -153,7 +162,7 @@ def _as_model_batch(features, tokens: np.ndarray, image_rows: np.ndarray, captio
 
 def make_dataset(
     features, captions: CaptionSet, batch_size: int, seed: int | None, captions_per_image: int = 1, devices: int = 1,
-    parts: int = 1, part_ids: Sequence[int] = (0,),
+    parts: int = 1, part_ids: Sequence[int] = (0,), mirror: Mirror | None = None,
 ):
     """tf.data of ((image features, input ids), target ids) batches padded to their own longest caption.
 
@@ -164,11 +173,23 @@ def make_dataset(
     an array), so memory does not grow with the number of images. With `parts` > 1 (the replicas of a
     TF_CONFIG cluster), every worker plans the same global batches and yields, per batch, only the shares
     `part_ids` of its own replicas (a batch of k = 1 captions is cut to a multiple of `parts`); the global
-    batch stays `batch_size`.
+    batch stays `batch_size`. With `mirror` (training only: it needs the seed), each image of a batch is shown
+    as it is or mirrored, drawn per image and epoch, its captions following (`views.show`).
     """
     import tensorflow as tf
 
     lengths = caption_lengths(captions.tokens)
+    source, tokens = features, captions.tokens
+    if mirror is not None:
+        if seed is None:
+            raise ValueError("mirrored views need a seed")
+        source, tokens = mirror.sources(features, captions.tokens)
+        draws = view_draws(seed)
+
+    def view(rows: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows and caption indices of a batch in `source` and `tokens`: one view per image."""
+        return (rows, ids) if mirror is None else show(draws, rows, ids, len(features), len(captions))
+
     rng = np.random.default_rng(seed) if seed is not None else None
     grouped = captions_per_image > 1
     if grouped:
@@ -183,13 +204,15 @@ def make_dataset(
     def batches() -> Iterator:
         if grouped:
             for rows, ids in image_batch_plan(captions, images_per_batch, captions_per_image, rng, devices):
+                rows, ids = view(rows, ids)
                 for part in part_ids:
-                    yield _as_model_batch(features, captions.tokens, rows, ids, parts, part)
+                    yield _as_model_batch(source, tokens, rows, ids, parts, part)
         else:
             for idx in batch_plan(lengths, batch_size, rng):
                 idx = idx[: len(idx) - len(idx) % parts]
+                rows, ids = view(captions.image_rows[idx], idx)
                 for part in part_ids if len(idx) else ():
-                    yield _as_model_batch(features, captions.tokens, captions.image_rows[idx], idx, parts, part)
+                    yield _as_model_batch(source, tokens, rows, ids, parts, part)
 
     spec = (
         (
@@ -337,7 +360,7 @@ def fit_decoder(
     devices, workers = place.replicas, place.workers
     per_image, batch_size = params["captions_per_image"], params["batch_size"]
     train_ds = place.datasets(lambda *parts: make_dataset(data.features, data.train, batch_size, seed, per_image,
-                                                          devices, *parts))
+                                                          devices, *parts, mirror=data.mirror))
     has_val = len(data.val) > 0
     val_ds = place.datasets(lambda *parts: make_dataset(data.features, data.val, batch_size, None, 1, 1, *parts))
     val_ds = val_ds if has_val else None

@@ -3,7 +3,8 @@
 Layout: dataset `names` (N utf-8 strings) and dataset `features` (N, *feature_shape), row i belonging
 to names[i]; file attributes carry the encoder description (name, output kind, ...). `features` is
 chunked by rows (about CHUNK_BYTES per chunk: one 7x7x1280 float16 grid row, or a few dozen pooled
-vectors), so `FeatureReader` fetches a batch of rows without reading the rest of the file.
+vectors), so `FeatureReader` fetches a batch of rows without reading the rest of the file. A file extracted
+with `features.flip` also holds dataset `flipped`: the features of the mirrored images, same shape and rows.
 
 Every way in checks the numbers: a NaN or an infinity (a flipped bit, a bad encoder) would otherwise train a
 NaN model that captions nothing, so `load_features`, `FeatureReader` (once per open, CHECK_BYTES at a time)
@@ -23,6 +24,7 @@ from captioner.core.atomic import atomic_path
 from captioner.core.errors import CaptionerError
 
 FEATURES_FILE = "features.h5"
+FEATURES, FLIPPED = "features", "flipped"  # the datasets of the images as they are and mirrored left-right
 CHUNK_BYTES = 128 * 1024
 CHECK_BYTES = 64 * 1024 * 1024  # rows read at once when a FeatureReader checks a file's numbers
 SHOWN_ROWS = 3  # bad rows named in an error
@@ -71,8 +73,10 @@ def write_features(
     dtype: np.dtype,
     blocks: Iterable[np.ndarray],
     attrs: dict[str, Any] | None = None,
+    views: dict[str, Iterable[np.ndarray]] | None = None,
 ) -> None:
-    """Write names and their features, given as consecutive row blocks, to `path` atomically.
+    """Write names and their features, given as consecutive row blocks, to `path` atomically; `views` are
+    further datasets of the same shape and row order (e.g. `flipped`), given the same way.
 
     Only one block is in memory at a time, so the file may be far larger than memory.
     """
@@ -80,19 +84,31 @@ def write_features(
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("names", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
-            chunks = row_chunks(feature_shape, dtype) if n else None
-            dset = f.create_dataset("features", shape=(n, *feature_shape), dtype=dtype,
-                                    chunks=(min(n, chunks[0]), *chunks[1:]) if chunks else None)
-            start = 0
-            for block in blocks:
-                if start + len(block) > n:
-                    raise ValueError(f"{len(names)} names but more feature rows")
-                dset[start:start + len(block)] = block
-                start += len(block)
-            if start != n:
-                raise ValueError(f"{n} names but {start} feature rows")
+            # the datasets stay open until the attributes are written: closing one earlier changes the file's
+            # layout, and a file without views keeps the bytes of earlier versions
+            written = [_write_rows(f, name, n, feature_shape, dtype, rows)
+                       for name, rows in {FEATURES: blocks, **(views or {})}.items()]
             for key, value in (attrs or {}).items():
                 f.attrs[key] = value
+            del written
+
+
+def _write_rows(f: h5py.File, name: str, n: int, feature_shape: Sequence[int], dtype: np.dtype,
+                blocks: Iterable[np.ndarray]) -> h5py.Dataset:
+    """Dataset `name` of `n` row-chunked feature rows, filled from consecutive row blocks; return it."""
+    chunks = row_chunks(feature_shape, dtype) if n else None
+    dset = f.create_dataset(name, shape=(n, *feature_shape), dtype=dtype,
+                            chunks=(min(n, chunks[0]), *chunks[1:]) if chunks else None)
+    what = "feature" if name == FEATURES else name
+    start = 0
+    for block in blocks:
+        if start + len(block) > n:
+            raise ValueError(f"{n} names but more {what} rows")
+        dset[start:start + len(block)] = block
+        start += len(block)
+    if start != n:
+        raise ValueError(f"{n} names but {start} {what} rows")
+    return dset
 
 
 def save_features(
@@ -141,7 +157,7 @@ def load_features(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray, 
     return names, features, attrs
 
 
-def _check_file(path: Path, dataset: h5py.Dataset, names: Sequence[str]) -> None:
+def _check_file(source: str, dataset: h5py.Dataset, names: Sequence[str]) -> None:
     """Refuse a feature dataset with a NaN or an infinity, reading CHECK_BYTES of whole rows at a time."""
     row_bytes = max(1, int(np.prod(dataset.shape[1:], dtype=np.int64)) * dataset.dtype.itemsize)
     step = max(1, CHECK_BYTES // row_bytes)
@@ -149,7 +165,7 @@ def _check_file(path: Path, dataset: h5py.Dataset, names: Sequence[str]) -> None
     for start in range(0, dataset.shape[0], step):
         bad += [start + int(r) for r in np.flatnonzero(~finite_rows(dataset[start:start + step]))]
     if bad:
-        raise nonfinite_error(str(path), bad, names)
+        raise nonfinite_error(source, bad, names)
 
 
 class FeatureReader:
@@ -158,19 +174,29 @@ class FeatureReader:
     Opening checks every value once (CHECK_BYTES at a time): a NaN or an infinity is a CaptionerError naming
     the first bad rows, before training or evaluation reads a batch. The HDF5 handle belongs to one process:
     it is opened on first use and opened anew in a forked child, never shared across a fork. Use as a context
-    manager, or call `close()`.
+    manager, or call `close()`. `dataset` FLIPPED reads the mirrored view of a file extracted with
+    `features.flip` (`has_flipped` says whether it has one).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], dataset: str = FEATURES) -> None:
         self.path = Path(path)
+        self.dataset = dataset
         with _open(self.path) as f:
+            if dataset not in f:
+                raise CaptionerError(f"{self.path}: no '{dataset}' dataset (extract with features.flip: true)")
             self.names: list[str] = _names(f)
-            self.shape: tuple[int, ...] = tuple(f["features"].shape)
-            self.dtype: np.dtype = f["features"].dtype
+            self.shape: tuple[int, ...] = tuple(f[dataset].shape)
+            self.dtype: np.dtype = f[dataset].dtype
             self.attrs: dict[str, Any] = _attrs(f)
+            self.has_flipped: bool = FLIPPED in f
             if len(self.names) != self.shape[0]:
-                raise CaptionerError(f"{self.path}: {len(self.names)} names but {self.shape[0]} feature rows")
-            _check_file(self.path, f["features"], self.names)
+                raise CaptionerError(f"{self.path}: {len(self.names)} names but {self.shape[0]} "
+                                     f"{'feature' if dataset == FEATURES else dataset} rows")
+            if self.has_flipped and f[FLIPPED].shape != f[FEATURES].shape:
+                raise CaptionerError(f"{self.path}: '{FLIPPED}' rows of shape {f[FLIPPED].shape} but "
+                                     f"'{FEATURES}' of {f[FEATURES].shape}")
+            _check_file(f"{self.path}" if dataset == FEATURES else f"{self.path} ('{dataset}')", f[dataset],
+                        self.names)
         self._file: h5py.File | None = None
         self._pid = -1
         self._index: dict[str, int] | None = None
@@ -194,11 +220,11 @@ class FeatureReader:
         return np.array([self._index[n] for n in names], dtype=np.int64)
 
     def _features(self) -> h5py.Dataset:
-        """This process's handle on the `features` dataset."""
+        """This process's handle on the reader's dataset."""
         if self._file is None or self._pid != os.getpid():
             self._file = _open(self.path)
             self._pid = os.getpid()
-        return self._file["features"]
+        return self._file[self.dataset]
 
     def rows(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """The feature rows at `indices`, in that order (repeats allowed), with the file's dtype.

@@ -5,7 +5,9 @@ Unreadable images are skipped and named with a reason, never fatal; outputs are 
 The stage encodes the sorted images in pieces of PIECE_BATCHES batches and keeps each finished piece
 in a resume folder beside the output, so an interrupted run picks up where it stopped and, because
 every piece is encoded the same way either way, writes exactly the file an uninterrupted run would.
-Keras places the encoder on a GPU when TensorFlow sees one.
+Keras places the encoder on a GPU when TensorFlow sees one. With `features.flip` every image is also
+encoded mirrored left-right (the decoded, resized pixels flipped just before the encoder, so it works with
+any encoder and output): a second dataset `flipped` in the same file, in the same row order.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tqdm import tqdm
 from captioner.core.atomic import atomic_dir, write_json
 from captioner.vision.encoders import build_encoder, get_spec, weights_id
 from captioner.core.errors import CaptionerError
-from captioner.vision.feature_store import FEATURES_FILE, check_finite, feature_dtype, write_features
+from captioner.vision.feature_store import FEATURES_FILE, FLIPPED, check_finite, feature_dtype, write_features
 from captioner.vision.images import describe_failure, image_batches
 from captioner.core.precision import resolve_precision
 from captioner.vision.resume_store import ResumeStore, piece_key
@@ -35,21 +37,34 @@ PIECE_BATCHES = 32
 def encode_images(
     model: keras.Model, paths: list[Path], input_size: int, batch_size: int, dtype: np.dtype, progress: bool = True
 ) -> tuple[list[int], np.ndarray]:
-    """Run `model` over the images in batches; return (indices of the decodable paths, their features in order).
+    """Run `model` over the images in batches; return (indices of the decodable paths, their features in order)."""
+    done, features, _ = encode_views(model, paths, input_size, batch_size, dtype, progress)
+    return done, features
+
+
+def encode_views(
+    model: keras.Model, paths: list[Path], input_size: int, batch_size: int, dtype: np.dtype, progress: bool = True,
+    flip: bool = False,
+) -> tuple[list[int], np.ndarray, np.ndarray | None]:
+    """`encode_images`, plus (if `flip`) the features of the same images mirrored left-right, else None.
 
     `predict_on_batch` reuses the model's compiled predict function: traced once per model, no per-call
-    data-adapter overhead like `predict`.
+    data-adapter overhead like `predict`. Each image is decoded once; its mirrored batch is a second call of
+    the same shape, so the unmirrored features are exactly those of a run without `flip`.
     """
     features = np.empty((len(paths), *model.output.shape[1:]), dtype=dtype)
+    flipped = np.empty_like(features) if flip else None
     done: list[int] = []
     with tqdm(total=len(paths), unit="img", desc=model.name, disable=not progress, file=sys.stderr) as bar:
         for indices, images in image_batches(paths, input_size, batch_size):
             start = len(done)
             features[start : start + len(indices)] = model.predict_on_batch(images)
+            if flipped is not None:
+                flipped[start : start + len(indices)] = model.predict_on_batch(keras.ops.flip(images, axis=2))
             done.extend(indices.numpy().tolist())
             bar.update(len(indices))
         bar.update(len(paths) - bar.n)
-    return done, features[: len(done)]
+    return done, features[: len(done)], None if flipped is None else flipped[: len(done)]
 
 
 def extract_features(
@@ -122,36 +137,51 @@ def _reusable(store: ResumeStore, key: str, piece: list[Path], shape: tuple[int,
     return problem is None
 
 
+def flipped_key(settings: dict[str, Any], piece: list[Path]) -> str:
+    """The resume key of a piece's mirrored view (its unmirrored view keeps the key of a run without flip)."""
+    return piece_key({**settings, "view": FLIPPED}, piece)
+
+
 def _encode_pieces(
     paths: list[Path], params_features: dict[str, Any], settings: dict[str, Any], store: ResumeStore
-) -> tuple[list[str], int]:
-    """Make sure every piece of `paths` is in `store`; return the pieces' keys and how many images were reused."""
+) -> tuple[list[str], list[str], int]:
+    """Make sure every piece of `paths` is in `store` (with `features.flip`, its mirrored view too, under
+    `flipped_key`); return the pieces' keys, their mirrored views' keys (none without flip) and how many
+    images were reused."""
     encoder, batch_size = params_features["encoder"], params_features["batch_size"]
     input_size, dtype = settings["input_size"], feature_dtype(params_features["output"])
+    flip = params_features.get("flip", False)
     shape = feature_shape(encoder, params_features["output"])
     per_piece = batch_size * PIECE_BATCHES
     model = None
-    keys, reused = [], 0
+    keys, flipped_keys, reused = [], [], 0
     with tqdm(total=len(paths), unit="img", desc=encoder, disable=None, file=sys.stderr) as bar:
         for start in range(0, len(paths), per_piece):
             piece = paths[start:start + per_piece]
             key = piece_key(settings, piece)
-            if _reusable(store, key, piece, shape, dtype):
+            views = [key, flipped_key(settings, piece)] if flip else [key]
+            if all([_reusable(store, k, piece, shape, dtype) for k in views]):  # a list: every bad piece goes
                 reused += len(piece)
             else:
                 if model is None:
                     model = build_encoder(
                         encoder, params_features["weights"], params_features["output"], settings["precision"]
                     )
-                done, features = encode_images(model, piece, input_size, batch_size, dtype, progress=False)
-                check_finite(f"{encoder} ({params_features['weights']} weights) on {piece[0].parent}", features,
-                             [piece[i].name for i in done], hint="damaged encoder weights?")
+                if flip:
+                    done, features, flipped = encode_views(model, piece, input_size, batch_size, dtype, False, True)
+                else:
+                    done, features = encode_images(model, piece, input_size, batch_size, dtype, progress=False)
+                names = [piece[i].name for i in done]
                 ok = set(done)
                 skipped = {piece[i].name: describe_failure(piece[i]) for i in range(len(piece)) if i not in ok}
-                store.save(key, [piece[i].name for i in done], features, skipped)
+                for view_key, rows in zip(views, [features, flipped] if flip else [features]):
+                    check_finite(f"{encoder} ({params_features['weights']} weights) on {piece[0].parent}", rows,
+                                 names, hint="damaged encoder weights?")
+                    store.save(view_key, names, rows, skipped)
             keys.append(key)
+            flipped_keys += views[1:]
             bar.update(len(piece))
-    return keys, reused
+    return keys, flipped_keys, reused
 
 
 def run_extraction(images_dir: Path, out_dir: Path, params_features: dict[str, Any]) -> dict[str, Any]:
@@ -167,8 +197,8 @@ def run_extraction(images_dir: Path, out_dir: Path, params_features: dict[str, A
     paths = list_images(images_dir)
     weights_key = weights_id(encoder, weights)
     store = ResumeStore(resume_folder(out_dir))
-    keys, reused = _encode_pieces(paths, params_features, _settings(params_features, weights_key, spec.input_size),
-                                  store)
+    settings = _settings(params_features, weights_key, spec.input_size)
+    keys, flipped_keys, reused = _encode_pieces(paths, params_features, settings, store)
     if reused:
         print(f"resumed: {reused} of {len(paths)} images were already encoded in {store.folder}", file=sys.stderr)
     names: list[str] = []
@@ -196,9 +226,13 @@ def run_extraction(images_dir: Path, out_dir: Path, params_features: dict[str, A
         "num_skipped": len(skipped),
         "skipped": skipped,
     }
+    if flipped_keys:
+        meta["flip"] = True  # absent without flip: a run without it writes what it wrote before flip existed
+    flipped = {FLIPPED: (store.features(k) for k in flipped_keys)} if flipped_keys else None
     attrs = {k: meta[k] for k in ("encoder", "weights", "weights_id", "output", "input_size")}
     with atomic_dir(out_dir) as tmp:
-        write_features(tmp / FEATURES_FILE, names, shape, dtype, (store.features(k) for k in keys), attrs)
+        write_features(tmp / FEATURES_FILE, names, shape, dtype, (store.features(k) for k in keys), attrs,
+                       flipped)
         write_json(tmp / META_FILE, meta)
     store.remove()
     if skipped:
