@@ -63,7 +63,7 @@ def test_tail_at_imagenet_weights_gives_the_grid_the_decoder_saw_before():
     start_tail(model, IMAGENET, "test")
     np.testing.assert_allclose(model.get_layer(TAIL_MODEL).predict_on_batch(stage6), grid, rtol=1e-5, atol=1e-5)
     stored = stage6.astype(np.float16).astype(np.float32)  # as the feature file keeps it
-    np.testing.assert_allclose(model.get_layer(TAIL_MODEL).predict_on_batch(stored), grid, atol=1e-2)
+    np.testing.assert_allclose(model.get_layer(TAIL_MODEL).predict_on_batch(stored), grid, atol=5e-3)
 
     plain = build_decoder(tail_spec(tail=None, feature_shape=(7, 7, 1280)))
     for layer in plain.layers:
@@ -153,8 +153,9 @@ def test_bundle_encoder_gives_the_stored_features_and_litert_agrees(pipeline):
     rows = [names.index(p.name) for p in photos]
     encoded = keras_captioner.encode(photos)
     assert encoded.shape == (len(photos), 7, 7, 192) and encoded.dtype == stored.dtype
-    np.testing.assert_allclose(encoded.astype(np.float32), stored[rows].astype(np.float32), atol=0.05)
-    np.testing.assert_allclose(lite.encode(photos).astype(np.float32), encoded.astype(np.float32), atol=0.05)
+    one_step = dict(rtol=1e-3, atol=1e-2)  # float16 keeps 11 bits: values of 8-16 differ in steps of 0.0078
+    np.testing.assert_allclose(encoded.astype(np.float32), stored[rows].astype(np.float32), **one_step)
+    np.testing.assert_allclose(lite.encode(photos).astype(np.float32), encoded.astype(np.float32), **one_step)
     by_keras, by_lite = keras_captioner.caption(photos), lite.caption(photos)
     assert [r.caption for r in by_lite] == [r.caption for r in by_keras]
     for a, b in zip(by_lite, by_keras):
@@ -176,3 +177,38 @@ def test_bundle_with_a_tail_that_does_not_fit_the_encoder_is_a_one_line_error(pi
     (bundle / "config.json").write_text(json.dumps(config))
     with pytest.raises(CaptionerError, match=r"'decoder.tail' is None but encoder output 'stage6' needs"):
         read_config(bundle)
+
+
+TWO_DEVICES = """
+import json, sys
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from pathlib import Path
+from captioner.model.training import run_train
+
+root, params = Path(sys.argv[1]), json.loads(sys.argv[2])
+print(json.dumps(run_train(params, root / "data/features", root / "data/processed", root / "two", root / "two.json",
+                           None, verbose=0)))
+"""
+
+
+def test_two_devices_train_the_tail(pipeline):
+    """TailAdam under MirroredStrategy: the tail trains on two (logical) devices too, and the bundle loads on one."""
+    import os
+    import subprocess
+    import sys
+
+    root, _, out = pipeline
+    params = small_params("attention", epochs=2, patience=5, devices=2, captions_per_image=5, batch_size=20,
+                          tail_learning_rate=0.003, tail_from_epoch=1)  # the tail moves in every epoch early stopping may keep
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run = subprocess.run([sys.executable, "-c", TWO_DEVICES, str(root), json.dumps(params)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1])["devices"] == 2
+    imagenet = build_decoder(tail_spec())
+    start_tail(imagenet, IMAGENET, "test")
+    moved = [np.abs(a - b).max() for a, b in zip(tail_weights(root / "two"), imagenet.get_layer(TAIL_MODEL).get_weights())]
+    assert 0 < max(moved) < 0.1  # at most 2 epochs of 3 steps at 0.003: moved, and by about that much

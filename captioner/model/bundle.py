@@ -23,7 +23,7 @@ from captioner.core.errors import CaptionerError
 from captioner.core.jsonfile import read_json
 from captioner.core.schema import Field, check, choice, integer, number, quote, text
 from captioner.data.text import MAX_LENGTH, RESERVED, Vocabulary
-from captioner.vision.encoders import ENCODERS, OUTPUTS, TAIL_OUTPUT, output_shape
+from captioner.vision.encoders import ENCODERS, TAIL_OUTPUT, output_shape
 
 MODEL_FILE = "decoder.keras"
 WEIGHTS_ENTRY = "model.weights.h5"  # the weights inside a .keras zip
@@ -48,7 +48,7 @@ CONFIG_FIELDS: dict[str, Field] = {
     "encoder.weights_id": text(None, nullable=True),
     "encoder.input_size": integer(None, 1, MAX_INPUT_SIZE),
     "encoder.preprocessing": text(None, nullable=True),
-    "encoder.output": choice("grid", *OUTPUTS),
+    "encoder.output": choice("grid", "grid", "pooled", TAIL_OUTPUT),
     "feature_shape": Field("list"),
     "decoder.kind": choice("attention", "attention", "inject", "merge"),
     "decoder.embedding_dim": integer(None, 1, 65536),
