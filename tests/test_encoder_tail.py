@@ -62,6 +62,10 @@ def test_tail_at_imagenet_weights_gives_the_grid_the_decoder_saw_before():
     model = build_decoder(tail_spec())
     start_tail(model, IMAGENET, "test")
     np.testing.assert_allclose(model.get_layer(TAIL_MODEL).predict_on_batch(stage6), grid, rtol=1e-5, atol=1e-5)
+    bf16 = build_encoder(LITE0, "imagenet", "stage6", "bfloat16").predict_on_batch(image)  # features.precision
+    assert bf16.dtype == np.float32 and bf16.shape == stage6.shape
+    cosine = (bf16 * stage6).sum() / np.sqrt((bf16 * bf16).sum() * (stage6 * stage6).sum())
+    assert cosine > 0.99
     stored = stage6.astype(np.float16).astype(np.float32)  # as the feature file keeps it
     np.testing.assert_allclose(model.get_layer(TAIL_MODEL).predict_on_batch(stored), grid, atol=5e-3)
 

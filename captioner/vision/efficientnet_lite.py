@@ -4,8 +4,9 @@ Architecture as in the TensorFlow reference (and the PyTorch port the weights co
 blocks without squeeze-excite, ReLU6, stem 32 and head 1280 channels not scaled, BatchNorm eps 1e-3,
 TF "same" padding (the port pads stride-2 convs asymmetrically, pad_total // 2 before and the rest
 after, exactly like Keras "same"), input RGB 0-255 normalized as (x - 127) / 128 inside the model.
-The models are for inference only: each BatchNorm is folded into its conv's kernel and bias, which
-lets TensorFlow fuse conv + bias + ReLU6 instead of running BatchNorm as separate elementwise ops.
+The models run in inference mode (`build_tail`'s last stage is fine-tuned so, with frozen statistics): each
+BatchNorm is folded into its conv's kernel and bias, which lets TensorFlow fuse conv + bias + ReLU6 instead of
+running BatchNorm as separate elementwise ops.
 The converted weights are cached as a Keras `.weights.h5` file keyed by the source file's hash.
 """
 
