@@ -23,7 +23,7 @@ from captioner.core.errors import CaptionerError
 from captioner.core.jsonfile import read_json
 from captioner.core.schema import Field, check, choice, integer, number, quote, text
 from captioner.data.text import MAX_LENGTH, RESERVED, Vocabulary
-from captioner.vision.encoders import ENCODERS
+from captioner.vision.encoders import ENCODERS, TAIL_OUTPUT, output_shape
 
 MODEL_FILE = "decoder.keras"
 WEIGHTS_ENTRY = "model.weights.h5"  # the weights inside a .keras zip
@@ -48,13 +48,14 @@ CONFIG_FIELDS: dict[str, Field] = {
     "encoder.weights_id": text(None, nullable=True),
     "encoder.input_size": integer(None, 1, MAX_INPUT_SIZE),
     "encoder.preprocessing": text(None, nullable=True),
-    "encoder.output": choice("grid", "grid", "pooled"),
+    "encoder.output": choice("grid", "grid", "pooled", TAIL_OUTPUT),
     "feature_shape": Field("list"),
     "decoder.kind": choice("attention", "attention", "inject", "merge"),
     "decoder.embedding_dim": integer(None, 1, 65536),
     "decoder.units": integer(None, 1, 65536),
     "decoder.dropout": number(None, 0, below=1),
     "decoder.vocab_size": integer(None, len(RESERVED), 10_000_000),
+    "decoder.tail": text(None, nullable=True),
     "decoding.beam_size": integer(None, 1, 100),
     "decoding.max_length": integer(None, len(RESERVED) - 1, MAX_LENGTH),
     "decoding.length_alpha": number(None, 0, 10),
@@ -186,10 +187,16 @@ def _check_config(path: Path, config: dict[str, Any]) -> None:
     shape = config["feature_shape"]
     for dim in shape:
         check(str(path), "feature_shape", dim, _FEATURE_DIM)
-    dims = 3 if config["encoder"]["output"] == "grid" else 1
+    dims = 1 if config["encoder"]["output"] == "pooled" else 3
     if len(shape) != dims:
         raise CaptionerError(f"{path}: 'feature_shape' {shape} does not fit encoder output "
                              f"{config['encoder']['output']!r} ({dims} dimensions)")
+    tail = config["decoder"].get("tail")
+    needed = config["encoder"]["name"] if config["encoder"]["output"] == TAIL_OUTPUT else None
+    if tail != needed:
+        raise CaptionerError(f"{path}: 'decoder.tail' is {quote(tail)} but encoder output "
+                             f"{config['encoder']['output']!r} needs {quote(needed)} "
+                             f"(the decoder runs the encoder's last stage exactly when the features are {TAIL_OUTPUT})")
     _check_encoder(path, config)
 
 
@@ -203,7 +210,10 @@ def _check_encoder(path: Path, config: dict[str, Any]) -> None:
     if encoder["input_size"] != spec.input_size:
         raise CaptionerError(f"{path}: 'encoder.input_size' is {encoder['input_size']} but {spec.name} takes "
                              f"{spec.input_size}x{spec.input_size} images")
-    expected = list(spec.grid_shape) if encoder["output"] == "grid" else [spec.pooled_dim]
+    try:
+        expected = list(output_shape(spec.name, encoder["output"]))
+    except CaptionerError as exc:
+        raise CaptionerError(f"{path}: 'encoder.output': {exc}") from exc
     if list(config["feature_shape"]) != expected:
         raise CaptionerError(f"{path}: 'feature_shape' {config['feature_shape']} but {spec.name} "
                              f"{encoder['output']} features are {expected}")

@@ -23,6 +23,7 @@ from keras import layers, ops
 
 from captioner.core.errors import CaptionerError
 from captioner.data.text import END_ID, PAD_ID
+from captioner.vision.efficientnet_lite import TAIL_MODEL, VARIANTS, build_tail
 
 DECODERS = ("merge", "inject", "attention")
 _PACKAGE = "captioner"
@@ -179,6 +180,7 @@ class DecoderSpec:
     dropout: float
     heads: int = 8  # attention heads (attention decoder only)
     output_units: int | None = None  # width of the layer before the logits (merge, attention); None = units
+    tail: str | None = None  # attention: the EfficientNet-Lite whose last stage + head run on stage6 features first
 
 
 def decoder_input_shape(kind: str, feature_shape: Sequence[int]) -> tuple[int, ...]:
@@ -197,6 +199,8 @@ def _make_layers(spec: DecoderSpec, dtype: str) -> dict[str, layers.Layer]:
     `dtype` is a Keras dtype policy ("float32" or "mixed_bfloat16"); the logits always leave in float32.
     """
     u, e, v, p = spec.units, spec.embedding_dim, spec.vocab_size, spec.dropout
+    if spec.tail and spec.kind != "attention":
+        raise ValueError(f"only the attention decoder runs an encoder tail, not {spec.kind}")
     out_u = spec.output_units or u
     made: dict[str, layers.Layer] = {
         "embedding": layers.Embedding(v, e, name="embedding", dtype=dtype),
@@ -218,8 +222,11 @@ def _make_layers(spec: DecoderSpec, dtype: str) -> dict[str, layers.Layer]:
         made["init_h"] = layers.Dense(u, activation="tanh", name="init_h", dtype=dtype)
         made["init_c"] = layers.Dense(u, activation="tanh", name="init_c", dtype=dtype)
     elif spec.kind == "attention":
-        h, w, _ = spec.feature_shape
-        made["flatten_grid"] = layers.Reshape((h * w, spec.feature_shape[-1]), name="flatten_grid", dtype=dtype)
+        h, w, channels = spec.feature_shape
+        if spec.tail:
+            made[TAIL_MODEL] = _tail(spec.tail, (h, w), dtype)
+            channels = int(made[TAIL_MODEL].output.shape[-1])
+        made["flatten_grid"] = layers.Reshape((h * w, channels), name="flatten_grid", dtype=dtype)
         made["grid_values"] = layers.Dense(u, activation="relu", name="grid_values", dtype=dtype)
         made["grid_keys"] = layers.Dense(u, use_bias=False, name="grid_keys", dtype=dtype)
         made["grid_mean"] = layers.GlobalAveragePooling1D(name="grid_mean", dtype=dtype)
@@ -235,6 +242,18 @@ def _make_layers(spec: DecoderSpec, dtype: str) -> dict[str, layers.Layer]:
     return made
 
 
+def _tail(encoder: str, grid: tuple[int, int], dtype: str) -> keras.Model:
+    """The encoder's last stage and head (random weights, `dtype` policy): stage6 features -> the grid."""
+    if encoder not in VARIANTS:
+        raise ValueError(f"decoder tail {encoder!r} is not an EfficientNet-Lite (known: {', '.join(VARIANTS)})")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype)
+    try:
+        return build_tail(encoder, grid)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def _encode(kind: str, lay: dict, image):
     """Image input -> (h0, c0, context tensors the step needs), one row per image."""
     if kind == "merge":
@@ -244,6 +263,8 @@ def _encode(kind: str, lay: dict, image):
     if kind == "inject":
         img = lay["image_dropout"](image)
         return lay["init_h"](img), lay["init_c"](img), []
+    if TAIL_MODEL in lay:
+        image = lay[TAIL_MODEL](image)
     cells = lay["flatten_grid"](image)
     mean = lay["grid_mean"](cells)
     values = lay["grid_values"](lay["image_dropout"](cells))

@@ -61,6 +61,7 @@ def run_finetune(
     if scst["epochs"] > 0:
         from captioner.data.corpus import read_captions
         from captioner.model.scst import image_set, self_critical
+        from captioner.model.tail import tail_frozen
 
         keras.utils.set_random_seed(params["seed"])
         tf.config.experimental.enable_op_determinism()
@@ -69,11 +70,12 @@ def run_finetune(
         references = [captions.get(name, []) for name in data.image_names]
         model = copy_decoder(xe.model, spec, keras_policy(precision))
         log_curve, close_curves = _curve_logger(live_dir, scst)
-        history = self_critical(
-            model, data.features, xe.vocab, image_set(data.train.image_rows, references),
-            image_set(data.val.image_rows, references), scst, params["seed"], cap=cap, on_epoch=log_curve,
-            on_start=log_curve, mirrored=data.mirror.rows if data.mirror else None,
-        )
+        with tail_frozen(model):  # a fine-tuned encoder tail keeps its cross-entropy weights (docs/encoder-tail.md)
+            history = self_critical(
+                model, data.features, xe.vocab, image_set(data.train.image_rows, references),
+                image_set(data.val.image_rows, references), scst, params["seed"], cap=cap, on_epoch=log_curve,
+                on_start=log_curve, mirrored=data.mirror.rows if data.mirror else None,
+            )
         close_curves()
         summary.update(history)
         if precision != "float32":  # the bundle is float32 whatever the training precision

@@ -17,6 +17,7 @@ from captioner.model.distribute import (
 )
 from captioner.model.finite import stop_on_nonfinite
 from captioner.model.views import Mirror, show, view_draws
+from captioner.vision.encoders import TAIL_OUTPUT, tail_encoder
 from captioner.vision.feature_store import FEATURES_FILE, FLIPPED, FeatureReader, prepare_features
 from captioner.core.jsonfile import read_json
 from captioner.data.text import PAD_ID, Vocabulary
@@ -61,6 +62,9 @@ def load_train_data(features_dir: str | os.PathLike[str], processed_dir: str | o
     names, attrs = reader.names, reader.attrs
     meta = {**attrs, **read_json(features_dir / "meta.json", "feature metadata", "extract_features")}
     feature_shape = tuple(int(d) for d in reader.feature_shape)
+    if meta.get("output") == TAIL_OUTPUT and decoder != "attention":
+        raise CaptionerError(f"{features_dir / FEATURES_FILE}: holds {TAIL_OUTPUT} maps, which only the attention "
+                             f"decoder takes (set train.decoder: attention, or features.output: grid)")
     features = prepare_features(reader, decoder, str(features_dir / FEATURES_FILE))
 
     seq_path = processed_dir / "sequences.npz"
@@ -313,8 +317,8 @@ def _callbacks(params: dict[str, Any], live_dir: str | None, monitor: str, cap: 
     return [stop_on_nonfinite(), stop, plateau, cap.callback(place), *extra], stop
 
 
-def decoder_spec(params: dict[str, Any], vocab_size: int, feature_shape: tuple[int, ...]):
-    """The DecoderSpec that train.* params describe."""
+def decoder_spec(params: dict[str, Any], vocab_size: int, feature_shape: tuple[int, ...], tail: str | None = None):
+    """The DecoderSpec that train.* params describe (with `tail`, the encoder whose last stage the decoder runs)."""
     from captioner.model.decoders import DecoderSpec
 
     return DecoderSpec(
@@ -326,6 +330,7 @@ def decoder_spec(params: dict[str, Any], vocab_size: int, feature_shape: tuple[i
         dropout=params["dropout"],
         heads=params["attention_heads"],
         output_units=params["output_units"],
+        tail=tail,
     )
 
 
@@ -348,6 +353,7 @@ def fit_decoder(
     import tensorflow as tf
 
     from captioner.model.decoders import build_decoder, caption_loss
+    from captioner.model.tail import TailAdam, TailSchedule, start_tail, tail_paths
     from captioner.core.precision import keras_policy, resolve_precision
 
     cluster = read_cluster()
@@ -356,7 +362,7 @@ def fit_decoder(
     tf.config.experimental.enable_op_determinism()
     cap = cap or TimeCap(params["max_minutes"])
     precision = resolve_precision(params["precision"])
-    spec = decoder_spec(params, len(data.vocab), data.feature_shape)
+    spec = decoder_spec(params, len(data.vocab), data.feature_shape, tail_encoder(data.feature_meta))
     devices, workers = place.replicas, place.workers
     per_image, batch_size = params["captions_per_image"], params["batch_size"]
     train_ds = place.datasets(lambda *parts: make_dataset(data.features, data.train, batch_size, seed, per_image,
@@ -369,7 +375,12 @@ def fit_decoder(
     start = time.monotonic()
     with place.scope():
         model = build_decoder(spec, keras_policy(precision))
-        model.compile(optimizer=keras.optimizers.Adam(params["learning_rate"]), loss=caption_loss(), jit_compile=False)
+        optimizer = keras.optimizers.Adam(params["learning_rate"])
+        if spec.tail:
+            start_tail(model, data.feature_meta, "the feature file's meta.json")
+            optimizer = TailAdam(tail_paths(model), learning_rate=params["learning_rate"])
+            callbacks.append(TailSchedule(params["tail_from_epoch"], params["tail_learning_rate"] / params["learning_rate"]))
+        model.compile(optimizer=optimizer, loss=caption_loss(), jit_compile=False)
         prepare_for_cluster(model, place, data.features.shape[1:])
         try:
             history = model.fit(
@@ -450,13 +461,15 @@ def run_train(
     cluster = read_cluster()
     if cluster and not cluster.is_chief:  # a worker that shared cross-entropy training writes nothing
         return summary
-    spec = decoder_spec(train_params, len(data.vocab), data.feature_shape)
+    spec = decoder_spec(train_params, len(data.vocab), data.feature_shape, tail_encoder(data.feature_meta))
     if summary["precision"] != "float32":  # the saved model is float32 whatever the training precision
         model = copy_decoder(model, spec)
     summary["time_cap_hit"] = cap.hit
     summary["total_seconds"] = round(time.monotonic() - start, 1)
     decoder = {key: getattr(spec, key) for key in ("kind", "embedding_dim", "units", "dropout", "heads",
                                                     "output_units", "vocab_size")}  # Bundle.decoder_spec reads it back
+    if spec.tail:
+        decoder["tail"] = spec.tail
     decoding = {"beam_size": DEFAULT_BEAM_SIZE, "max_length": data.vocab.max_length, "length_alpha": 1.0}
     config = make_config(encoder_config(data.feature_meta, data.feature_shape), data.feature_shape, decoder, decoding)
     save_bundle(model_dir, model, data.vocab, config)

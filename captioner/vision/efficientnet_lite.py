@@ -4,8 +4,9 @@ Architecture as in the TensorFlow reference (and the PyTorch port the weights co
 blocks without squeeze-excite, ReLU6, stem 32 and head 1280 channels not scaled, BatchNorm eps 1e-3,
 TF "same" padding (the port pads stride-2 convs asymmetrically, pad_total // 2 before and the rest
 after, exactly like Keras "same"), input RGB 0-255 normalized as (x - 127) / 128 inside the model.
-The models are for inference only: each BatchNorm is folded into its conv's kernel and bias, which
-lets TensorFlow fuse conv + bias + ReLU6 instead of running BatchNorm as separate elementwise ops.
+The models run in inference mode (`build_tail`'s last stage is fine-tuned so, with frozen statistics): each
+BatchNorm is folded into its conv's kernel and bias, which lets TensorFlow fuse conv + bias + ReLU6 instead of
+running BatchNorm as separate elementwise ops.
 The converted weights are cached as a Keras `.weights.h5` file keyed by the source file's hash.
 """
 
@@ -28,6 +29,8 @@ BN_EPSILON = 1e-3
 CACHE_FORMAT = 2  # bump when the converted layout changes, so stale cache files are not loaded
 STEM_FILTERS = 32
 HEAD_FILTERS = 1280
+TAIL_STAGE = 6  # features.output stage6 stores this stage's output; the stages after it and the head form the tail
+TAIL_MODEL = "encoder_tail"  # the tail's name inside a decoder
 # Stages of the Lite0 baseline: (repeats, kernel, stride, expand ratio, input filters, output filters).
 BASE_STAGES = (
     (1, 3, 1, 1, 32, 16),
@@ -100,15 +103,10 @@ def _conv(x: keras.KerasTensor, filters: int, kernel: int, stride: int, name: st
     return keras.layers.ReLU(6.0, name=f"{name}_relu")(x) if relu else x
 
 
-def _build(variant: Variant) -> tuple[keras.Model, dict[str, tuple[str, ...]]]:
-    """Build the classifier (softmax over 1000 classes) and the map keras layer name -> torch modules."""
-    mapping: dict[str, tuple[str, ...]] = {}
-    size = variant.input_size
-    inputs = keras.Input((size, size, 3), name="image")
-    x = keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="normalize")(inputs)
-    x = _conv(x, STEM_FILTERS, 3, 2, "stem", "_conv_stem", "_bn0", mapping)
-    block = 0
-    for repeats, kernel, stride, expand, c_in, c_out in _stages(variant):
+def _blocks(x: keras.KerasTensor, stages: list[tuple[int, int, int, int, int, int]], block: int,
+            mapping: dict[str, tuple[str, ...]]) -> keras.KerasTensor:
+    """The MBConv blocks of `stages`, numbered from `block` (layer names as in the whole model)."""
+    for repeats, kernel, stride, expand, c_in, c_out in stages:
         for r in range(repeats):
             block_in, block_stride = (c_in, stride) if r == 0 else (c_out, 1)
             shortcut = x
@@ -123,11 +121,56 @@ def _build(variant: Variant) -> tuple[keras.Model, dict[str, tuple[str, ...]]]:
             if block_stride == 1 and block_in == c_out:
                 x = keras.layers.Add(name=f"block{block}_add")([x, shortcut])
             block += 1
+    return x
+
+
+def _build(variant: Variant) -> tuple[keras.Model, dict[str, tuple[str, ...]]]:
+    """Build the classifier (softmax over 1000 classes) and the map keras layer name -> torch modules."""
+    mapping: dict[str, tuple[str, ...]] = {}
+    size = variant.input_size
+    inputs = keras.Input((size, size, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="normalize")(inputs)
+    x = _conv(x, STEM_FILTERS, 3, 2, "stem", "_conv_stem", "_bn0", mapping)
+    x = _blocks(x, _stages(variant), 0, mapping)
     x = _conv(x, HEAD_FILTERS, 1, 1, "head", "_conv_head", "_bn1", mapping)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     outputs = keras.layers.Dense(1000, activation="softmax", name="predictions")(x)
     mapping["predictions"] = ("_fc",)
     return keras.Model(inputs, outputs, name=variant.name), mapping
+
+
+def tail_input_layer(name: str) -> str:
+    """The layer whose input is the output of stage TAIL_STAGE: the first layer of the last stage's first block."""
+    stages = _stages(VARIANTS[name])
+    first_block = sum(repeats for repeats, *_ in stages[:TAIL_STAGE])
+    expand = stages[TAIL_STAGE][3]
+    return f"block{first_block}_expand_conv" if expand != 1 else f"block{first_block}_dw_conv"
+
+
+def tail_input_channels(name: str) -> int:
+    """Channels of the output of stage TAIL_STAGE (192 for Lite0)."""
+    return _stages(VARIANTS[name])[TAIL_STAGE][4]
+
+
+def build_tail(name: str, grid: tuple[int, int]) -> keras.Model:
+    """The stages after TAIL_STAGE and the 1x1 head as a model: (h, w, tail_input_channels) -> (h, w, 1280) ReLU6.
+
+    Layers are named as in the classifier (weights copy over by name) and built under the current dtype policy;
+    weights start random (see `copy_tail_weights`).
+    """
+    stages = _stages(VARIANTS[name])
+    inputs = keras.Input((*grid, tail_input_channels(name)), name="stage_features")
+    x = _blocks(inputs, stages[TAIL_STAGE:], sum(repeats for repeats, *_ in stages[:TAIL_STAGE]), {})
+    x = _conv(x, HEAD_FILTERS, 1, 1, "head", "_conv_head", "_bn1", {})
+    return keras.Model(inputs, x, name=TAIL_MODEL)
+
+
+def copy_tail_weights(tail: keras.Model, name: str, weights: str) -> None:
+    """Set a `build_tail` model's weights to those of the classifier loaded with `weights` (imagenet, a file, none)."""
+    classifier = build_classifier(name, weights)
+    for layer in tail.layers:
+        if layer.weights:
+            layer.set_weights(classifier.get_layer(layer.name).get_weights())
 
 
 def _torch_to_keras(

@@ -2,7 +2,8 @@
 
 Every encoder takes a float32 batch of RGB 0-255 images already resized to `input_size` and does its
 own preprocessing, so extraction and `captioner predict` feed it the same pixels. `pooled` gives one
-vector per image, `grid` the last spatial feature map (for attention decoders). Weights come from
+vector per image, `grid` the last spatial feature map (for attention decoders), `stage6` (EfficientNet-Lite only)
+the map before the last stage, whose remaining layers the train stage fine-tunes (docs/encoder-tail.md). Weights come from
 `features.weights`: `imagenet`, a local weights file, or `none` (random, tests only).
 """
 
@@ -19,7 +20,8 @@ from captioner.core.errors import CaptionerError
 if TYPE_CHECKING:
     import keras
 
-OUTPUTS = ("pooled", "grid")
+OUTPUTS = ("pooled", "grid", "stage6")
+TAIL_OUTPUT = "stage6"  # the output whose tail (last stage + head) runs, trainable, in the decoder
 # Mean pixel (BGR) that Keras' "caffe" preprocessing subtracts after swapping RGB to BGR.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
@@ -68,6 +70,31 @@ def get_spec(name: str) -> EncoderSpec:
     if name not in ENCODERS:
         raise CaptionerError(f"features.encoder: unknown encoder '{name}' (known: {', '.join(ENCODERS)})")
     return ENCODERS[name]
+
+
+def output_shape(name: str, output: str) -> tuple[int, ...]:
+    """One image's feature shape from encoder `name`: pooled (C,), grid (h, w, C) or stage6 (h, w, c)."""
+    spec = get_spec(name)
+    if output == "pooled":
+        return (spec.pooled_dim,)
+    if output == TAIL_OUTPUT:
+        return (*spec.grid_shape[:2], tail_channels(spec))
+    return tuple(spec.grid_shape)
+
+
+def tail_encoder(meta: dict) -> str | None:
+    """The encoder whose tail a decoder runs on a feature file (its meta.json `meta`): its encoder for stage6 maps."""
+    return meta.get("encoder") if meta.get("output") == TAIL_OUTPUT else None
+
+
+def tail_channels(spec: EncoderSpec) -> int:
+    """Channels of the encoder's stage6 map; an encoder without a fine-tunable tail is a CaptionerError."""
+    from captioner.vision import efficientnet_lite
+
+    if spec.is_keras_application or spec.name not in efficientnet_lite.VARIANTS:
+        raise CaptionerError(f"features.output: {TAIL_OUTPUT} needs an EfficientNet-Lite encoder "
+                             f"({', '.join(efficientnet_lite.VARIANTS)}), not {spec.name}")
+    return efficientnet_lite.tail_input_channels(spec.name)
 
 
 def _check_weights(weights: str) -> None:
@@ -145,17 +172,20 @@ def _keras_application(spec: EncoderSpec, weights: str, output: str) -> keras.Mo
 
 
 def _efficientnet_lite(spec: EncoderSpec, weights: str, output: str) -> keras.Model:
-    """EfficientNet-Lite trunk up to the pooled vector or the head activation grid."""
+    """EfficientNet-Lite trunk up to the pooled vector, the head activation grid or the input of the last stage."""
     import keras
 
     from captioner.vision import efficientnet_lite
     classifier = efficientnet_lite.build_classifier(spec.name, weights)
-    layer = "avg_pool" if output == "pooled" else "head_relu"
-    return keras.Model(classifier.input, classifier.get_layer(layer).output, name=f"{spec.name}_{output}")
+    if output == TAIL_OUTPUT:
+        endpoint = classifier.get_layer(efficientnet_lite.tail_input_layer(spec.name)).input
+    else:
+        endpoint = classifier.get_layer("avg_pool" if output == "pooled" else "head_relu").output
+    return keras.Model(classifier.input, endpoint, name=f"{spec.name}_{output}")
 
 
 def build_encoder(name: str, weights: str, output: str, precision: str = "float32") -> keras.Model:
-    """Keras model mapping (N, size, size, 3) RGB 0-255 float32 to float32 (N, pooled_dim) or (N, *grid_shape).
+    """Keras model mapping (N, size, size, 3) RGB 0-255 float32 to float32 (N, *output_shape(name, output)).
 
     `precision` bfloat16 builds the layers under Keras' mixed_bfloat16 policy (float32 weights, bfloat16
     arithmetic), about twice as fast on CPUs with AVX512-BF16; the output is cast back to float32.
@@ -167,6 +197,8 @@ def build_encoder(name: str, weights: str, output: str, precision: str = "float3
     spec = get_spec(name)
     if output not in OUTPUTS:
         raise CaptionerError(f"features.output: unknown output '{output}' (known: {', '.join(OUTPUTS)})")
+    if output == TAIL_OUTPUT:
+        tail_channels(spec)
     _check_weights(weights)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(keras_policy(precision))

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from captioner.core.atomic import atomic_dir, write_json
-from captioner.vision.encoders import build_encoder, get_spec, weights_id
+from captioner.vision.encoders import build_encoder, get_spec, output_shape, weights_id
 from captioner.core.errors import CaptionerError
 from captioner.vision.feature_store import FEATURES_FILE, FLIPPED, check_finite, feature_dtype, write_features
 from captioner.vision.images import describe_failure, image_batches
@@ -105,9 +105,8 @@ def _warn_skipped(skipped: dict[str, str], total: int, meta_path: Path) -> None:
 
 
 def feature_shape(encoder: str, output: str) -> tuple[int, ...]:
-    """The shape of one image's feature from `encoder`: its grid (h, w, C) or its pooled vector (C,)."""
-    spec = get_spec(encoder)
-    return tuple(spec.grid_shape) if output == "grid" else (spec.pooled_dim,)
+    """The shape of one image's feature from `encoder`: its grid (h, w, C), stage6 map or pooled vector (C,)."""
+    return output_shape(encoder, output)
 
 
 def resume_folder(out_dir: Path) -> Path:
