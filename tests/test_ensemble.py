@@ -193,7 +193,8 @@ def test_the_assemble_stage_takes_the_members_seeds_in_order(tmp_path):
     config = assemble_members(params, tmp_path / "members", tmp_path / "bundle")
     assert config["members"] == ["decoder.keras", "decoder_2.keras"]
     for name, seed in (("decoder.keras", 7), ("decoder_2.keras", 3)):
-        assert (tmp_path / "bundle" / name).read_bytes() == (tmp_path / "members" / str(seed) / "decoder.keras").read_bytes()
+        member_file = tmp_path / "members" / str(seed) / "decoder.keras"
+        assert (tmp_path / "bundle" / name).read_bytes() == member_file.read_bytes()
     assemble_members({**params, "members": [3]}, tmp_path / "members", tmp_path / "bundle")
     assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == ["config.json", "decoder.keras", "vocab.json"]
     with pytest.raises(CaptionerError, match=r"members/5: no bundle of member 5 \(its stages: dvc repro finetune@5\)$"):

@@ -134,9 +134,10 @@ def test_a_self_critical_change_reverted_comes_back_from_the_run_cache(repo):
     edit_params(repo, scst={"learning_rate": 0.003, "litert": False})
     try:
         first = dvc(repo, "repro").stdout
-        assert ran_stages(first) - {"evaluate"} == {"finetune@42", "assemble"}, first  # train@42 stays as it is
-        # evaluate runs, or comes from the run cache when an earlier test already evaluated the same bundle
-        assert "evaluate" in ran_stages(first) or "Stage 'evaluate' is cached" in first, first
+        assert ran_stages(first) - {"assemble", "evaluate"} == {"finetune@42"}, first  # train@42 stays as it is
+        # assemble and evaluate run, or come from the run cache when an earlier test already made the same bundle
+        for stage in ("assemble", "evaluate"):
+            assert stage in ran_stages(first) or f"Stage '{stage}' is cached" in first, first
         assert {p.name: p.read_bytes() for p in (repo / "models/captioner").iterdir()} != before
         edit_params(repo, scst={"learning_rate": 0.0001, "litert": True})
         back = dvc(repo, "repro").stdout
@@ -157,7 +158,8 @@ def test_one_member_is_its_bundle_and_a_second_member_trains_alone(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         status = dvc(repo, "status").stdout
-        assert status_stages(status) == {"train@7", "finetune@7", "assemble"}, status  # train@42, finetune@42 as they are
+        # train@42 and finetune@42 are up to date: their definitions do not read the list
+        assert status_stages(status) == {"train@7", "finetune@7", "assemble"}, status
         out = dvc(repo, "repro").stdout
         assert ran_stages(out) == {"train@7", "finetune@7", "assemble", "evaluate"}, out
         assert "Stage 'train@42' didn't change" in out and "Stage 'finetune@42' didn't change" in out, out

@@ -3,9 +3,10 @@
 `assemble` checks that member bundles agree (vocabulary, encoder, feature shape, decoder kind) and writes an
 ensemble bundle (format 2, see `bundle.py`): the members' decoder.keras files copied byte for byte, member 1's
 vocabulary and config with `members` added, and optionally a captioner.tflite whose `init`/`step` run every
-member (`decoders.ensemble_step_models`). One member gives its bundle's files byte for byte. `assemble_members`
-is the pipeline's `assemble` stage: the bundles of the seeds in params.yaml's `members`, one folder per seed. Decoding averages the members' per-word probabilities inside the
-same batched beam search (`CaptionDecoder` and `LiteDecoder` need nothing else).
+member (`decoders.ensemble_step_models`). One member gives its bundle's files byte for byte. Decoding averages
+the members' per-word probabilities inside the same batched beam search (`CaptionDecoder` and `LiteDecoder` need
+nothing else). `assemble_members` is the pipeline's `assemble` stage: the bundles of the seeds in params.yaml's
+`members`, one folder per seed.
 """
 
 from __future__ import annotations
