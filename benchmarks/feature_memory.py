@@ -130,7 +130,7 @@ def train_child(mode: str, path: Path, warmup: int, batches: int) -> dict:
     from captioner.core.precision import keras_policy, resolve_precision
     from captioner.model.training import decoder_spec, make_dataset
 
-    p, seed = DEFAULTS["train"], DEFAULTS["seed"]
+    p, seed = DEFAULTS["train"], DEFAULTS["members"][0]
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
     began = time.perf_counter()

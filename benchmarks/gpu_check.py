@@ -127,7 +127,7 @@ def sample_repro(work: Path, reduced: bool) -> dict:
     start = time.perf_counter()
     log = run([sys.executable, "-m", "dvc", "repro"], repo).stdout
     rate = re.search(r"([\d.]+) captions/s", log)  # the train stage prints it (metrics files hold no timings)
-    train = json.loads((repo / "metrics/train.json").read_text())
+    train = json.loads((repo / f"metrics/members/{params['members'][0]}/train.json").read_text())
     scores = json.loads((repo / "metrics/eval.json").read_text())
     return {
         "seconds": round(time.perf_counter() - start, 1),

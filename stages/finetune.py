@@ -1,17 +1,17 @@
-"""DVC stage `finetune`: self-critical training of the train stage's model on CIDEr-D; write the bundle
-`captioner predict` reads, and metrics."""
+"""DVC stage `finetune@SEED` (one per seed in params.yaml's `members`): self-critical training of `train@SEED`'s
+model on CIDEr-D with that seed; write the member's bundle (the `assemble` stage's input), and metrics."""
 
 from captioner.core.native_logs import start_tensorflow
-from captioner.core.params import load_params
+from captioner.core.params import load_params, member_params
 from captioner.core.stage import run_main, stage_args
 from captioner.model.finetune import run_finetune
 
 
 def main() -> None:
-    """Fine-tune with params.yaml's `scst` section and `seed`; print a summary."""
-    args = stage_args(__doc__, inputs=["features", "processed", "xe"], outputs=["model", "metrics", "live"])
+    """Fine-tune with params.yaml's `scst` section and the member's `--seed`; print a summary."""
+    args = stage_args(__doc__, inputs=["features", "processed", "xe"], outputs=["model", "metrics", "live"], seed=True)
     start_tensorflow()  # before any work: its CUDA probe lines are dropped on a machine without a GPU
-    params = load_params(args.params)
+    params = member_params(load_params(args.params), args.seed)
     summary = run_finetune(params, args.features, args.processed, args.xe, args.model, args.metrics, str(args.live))
     if summary["epochs_run"]:
         print(

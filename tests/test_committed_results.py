@@ -17,7 +17,7 @@ from conftest import ROOT
 
 pytest.importorskip("dvc")
 
-METRICS = ("metrics/eval.json", "metrics/train.json", "metrics/finetune.json")
+METRICS = ("metrics/eval.json", "metrics/members/42/train.json", "metrics/members/42/finetune.json")
 
 
 def run(cwd: Path, *args: str) -> str:

@@ -89,7 +89,8 @@ def test_train_stage_on_a_flipped_feature_file_fails_in_one_line_and_writes_noth
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train"].update(epochs=1, embedding_dim=8, units=16)
     (flipped / "params.yaml").write_text(yaml.safe_dump(params))
-    args = shlex.split(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["cmd"])[2:]
+    template = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["do"]["cmd"]
+    args = shlex.split(template.replace("${item}", "42"))[2:]
     cmd = [sys.executable, str(ROOT / "stages/train.py"), *args]  # the paths exactly as `dvc repro` passes them
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(cmd, cwd=flipped, env=env, capture_output=True, text=True, timeout=600)

@@ -1,4 +1,5 @@
-"""dvc.yaml agrees with the code: each stage depends on every captioner module its script imports."""
+"""dvc.yaml agrees with the code: each stage depends on every captioner module its script imports; member stages
+take their seed from their `foreach` item, never from the list itself."""
 
 from __future__ import annotations
 
@@ -76,7 +77,9 @@ def covered(path: str, deps: list[str]) -> bool:
 
 
 def stages() -> dict:
-    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    """dvc.yaml's stage definitions by name; a `foreach` stage's is its `do:` template (with `${item}` unresolved)."""
+    raw = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {name: stage.get("do", stage) for name, stage in raw.items()}
 
 
 def entries(items: list) -> list[str]:
@@ -110,8 +113,23 @@ def test_every_path_in_a_command_is_a_dep_or_out(name):
         if option == "--params":
             assert value == "params.yaml"
             continue
+        if option == "--seed":
+            assert value == "${item}", f"dvc.yaml stage {name}: --seed comes from the foreach item"
+            continue
         related = [p for p in paths if covered(p, [value]) or covered(value, [p])]
         assert related, f"dvc.yaml stage {name}: {option} {value} is neither a dep nor an out"
+
+
+def test_member_stages_run_once_per_member_seed_and_never_read_the_list():
+    raw = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    members = [name for name, stage in raw.items() if "foreach" in stage]
+    assert sorted(members) == ["finetune", "train"]
+    for name in members:
+        assert raw[name]["foreach"] == "${members}"
+        template = yaml.safe_dump(raw[name]["do"])
+        assert "--seed ${item}" in raw[name]["do"]["cmd"] and "members" not in raw[name]["do"].get("params", [])
+        assert "${members" not in template, f"{name}@SEED reads the list: adding a member would re-run it"
+    assert "members" in raw["assemble"]["params"]
 
 
 def test_closure_follows_lazy_and_package_imports():
@@ -127,4 +145,4 @@ def test_architecture_names_every_module_and_stage():
         name = path.relative_to(ROOT / PACKAGE).as_posix()
         assert f"`{name}`" in text, f"ARCHITECTURE.md does not describe {name}"
     for name, stage in stages().items():
-        assert f"`{name}`" in text and shlex.split(stage["cmd"])[1] in text
+        assert f"`{name}" in text and shlex.split(stage["cmd"])[1] in text

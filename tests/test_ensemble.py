@@ -16,7 +16,7 @@ from captioner.data.text import END_ID, Vocabulary  # noqa: E402
 from captioner.model.bundle import load_bundle, make_config, read_config, save_bundle  # noqa: E402
 from captioner.model.decode import CaptionDecoder  # noqa: E402
 from captioner.model.decoders import DecoderSpec, build_decoder  # noqa: E402
-from captioner.model.ensemble import assemble  # noqa: E402
+from captioner.model.ensemble import assemble, assemble_members  # noqa: E402
 
 GRID = (2, 2, 8)
 WORDS = ["a red circle on grass", "a blue square on a white table", "two green dogs run"]
@@ -174,6 +174,31 @@ def test_one_member_gives_a_copy_in_the_single_decoder_format(tmp_path):
     feats = features("attention")
     one, other = (Captioner(load_bundle(d), compiled=False).caption_features(feats) for d in (source, tmp_path / "copy"))
     assert [(c.caption, c.log_prob) for c in one] == [(c.caption, c.log_prob) for c in other]
+
+
+@pytest.mark.parametrize("litert", [True, False])
+def test_one_member_keeps_its_own_litert_file_byte_for_byte(tmp_path, litert):
+    source = member_bundle(tmp_path / "m", seed=0)
+    (source / "captioner.tflite").write_bytes(b"the member's own LiteRT file")  # copied, never converted again
+    assemble([source], tmp_path / "copy", litert=litert)
+    copied = {p.name: p.read_bytes() for p in (tmp_path / "copy").iterdir()}
+    own = {p.name: p.read_bytes() for p in source.iterdir() if litert or p.name != "captioner.tflite"}
+    assert copied == own
+
+
+def test_the_assemble_stage_takes_the_members_seeds_in_order(tmp_path):
+    for seed in (7, 3):
+        member_bundle(tmp_path / "members" / str(seed), seed=seed)
+    params = {"members": [7, 3], "scst": {"litert": False}}
+    config = assemble_members(params, tmp_path / "members", tmp_path / "bundle")
+    assert config["members"] == ["decoder.keras", "decoder_2.keras"]
+    for name, seed in (("decoder.keras", 7), ("decoder_2.keras", 3)):
+        member_file = tmp_path / "members" / str(seed) / "decoder.keras"
+        assert (tmp_path / "bundle" / name).read_bytes() == member_file.read_bytes()
+    assemble_members({**params, "members": [3]}, tmp_path / "members", tmp_path / "bundle")
+    assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == ["config.json", "decoder.keras", "vocab.json"]
+    with pytest.raises(CaptionerError, match=r"members/5: no bundle of member 5 \(its stages: dvc repro finetune@5\)$"):
+        assemble_members({**params, "members": [7, 5]}, tmp_path / "members", tmp_path / "bundle")
 
 
 @pytest.mark.parametrize(

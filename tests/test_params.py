@@ -3,7 +3,7 @@
 import pytest
 
 from captioner.core.errors import CaptionerError
-from captioner.core.params import DEFAULTS, SETTINGS, load_params, useless_settings
+from captioner.core.params import DEFAULTS, MAX_MEMBERS, SETTINGS, load_params, member_params, useless_settings
 
 
 def test_shipped_params_are_valid(root):
@@ -49,7 +49,15 @@ def test_every_default_passes_its_own_check(tmp_path):
         ("data:\n  sample_images: 3\n", r"'data.sample_images' must be an integer >= 10"),
         ("evaluate:\n  beam_size: 0\n", r"'evaluate.beam_size' must be an integer >= 1 .*got 0"),
         ("evaluate:\n  split: dev\n", r"'evaluate.split' must be one of test, val, train"),
-        ("seed: -1\n", r"params.yaml:1: 'seed' must be an integer >= 0"),
+        ("seed: 7\n", r"params.yaml:1: 'seed' is now 'members', the list of the members' seeds \(seed: 7 is members: "),
+        ("members: [-1]\n", r":1: 'members' must be a list of 1 to 16 distinct integers from 0 to 4294967295"),
+        ("members: [7, 7]\n", r"'members' must be a list of 1 to 16 distinct integers .*got \[7, 7\]"),
+        ("members: []\n", r"'members' must be a list of 1 to 16 distinct integers .*got \[\]"),
+        ("members: 7\n", r"'members' must be a list of 1 to 16 distinct integers .*got 7"),
+        ("members: [1, true]\n", r"'members' must be a list of 1 to 16 distinct integers .*got \[1, True\]"),
+        ("members: [1, 2.0]\n", r"'members' must be a list of 1 to 16 distinct integers"),
+        ("members: [4294967296]\n", r"'members' must be a list of 1 to 16 distinct integers from 0 to 4294967295"),
+        (f"members: {list(range(17))}\n", r"'members' must be a list of 1 to 16 distinct integers"),
         ("scst:\n  samples: 1\n", r"'scst.samples' must be an integer >= 2"),
         ("train:\n  scst_epochs: 3\n", r"'train.scst_epochs' is now 'scst.epochs'"),
         ("train:\n  litert: false\n", r"'train.litert' is now 'scst.litert'"),
@@ -95,3 +103,16 @@ def test_useless_but_valid_settings_get_a_warning(tmp_path):
     assert useless_settings(params, "train") == ["train.epochs is 0: the model keeps its random initial weights"]
     assert useless_settings(params, "evaluate") == []
     assert useless_settings(load_params(tmp_path / "params.yaml"), "tokenize") == []
+
+
+def test_a_member_stage_gets_its_own_seed_and_the_list_is_capped_like_a_bundle(tmp_path):
+    from captioner.model.bundle import MAX_MEMBERS as BUNDLE_MEMBERS
+
+    path = tmp_path / "params.yaml"
+    path.write_text("members: [42, 7]\n")
+    params = load_params(path)
+    assert params["members"] == [42, 7] and "seed" not in params
+    assert member_params(params, 7) == {**params, "seed": 7}
+    with pytest.raises(CaptionerError, match=r"^--seed: 'seed' must be an integer >= 0 .*got -3$"):
+        member_params(params, -3)
+    assert MAX_MEMBERS == BUNDLE_MEMBERS

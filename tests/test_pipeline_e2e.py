@@ -1,13 +1,15 @@
 """The DVC workflow end to end on a tiny embedded sample, in a temporary git repo made from the project.
 
-One repo is built per module: `dvc repro` from scratch, then param changes, `dvc metrics diff`,
-`dvc exp run`, and push / fresh clone / pull / predict. Tiny settings come in through params.yaml only.
+One repo is built per module: `dvc repro` from scratch, then param changes, a second ensemble member,
+`dvc metrics diff`, `dvc exp run`, and push / fresh clone / pull / predict. Tiny settings come in through
+params.yaml only; the pipeline trains one member, seed 42 (stages train@42 and finetune@42).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +42,12 @@ def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProces
 
 
 def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([\w-]+)'", output))
+    return set(re.findall(r"Running stage '([\w@-]+)'", output))
+
+
+def status_stages(output: str) -> set[str]:
+    """The stages `dvc status` names (its unindented `name:` lines)."""
+    return set(re.findall(r"^([\w@-]+):$", output, re.M))
 
 
 def edit_params(repo: Path, **sections: dict) -> None:
@@ -78,8 +85,8 @@ def repo(tmp_path_factory) -> Path:
     sh(repo, "git", "config", "user.name", "captioner tests")
     edit_params(repo, **TINY)
     first = dvc(repo, "repro")
-    assert ran_stages(first.stdout) == {"download", "extract_features", "clean_text", "tokenize", "train", "finetune",
-                                        "evaluate"}
+    assert ran_stages(first.stdout) == {"download", "extract_features", "clean_text", "tokenize", "train@42",
+                                        "finetune@42", "assemble", "evaluate"}
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "tiny pipeline")
     return repo
@@ -87,8 +94,9 @@ def repo(tmp_path_factory) -> Path:
 
 def test_repro_from_scratch_then_nothing_to_do(repo):
     for path in ("data/raw/splits.json", "data/features/features.h5", "data/processed/sequences.npz",
-                 "models/xe/decoder.keras", "models/captioner/config.json", "metrics/eval.json", "metrics/train.json",
-                 "metrics/finetune.json", "dvclive/finetune/plots/metrics/val_cider.tsv",
+                 "models/xe/42/decoder.keras", "models/captioner/config.json", "metrics/eval.json",
+                 "metrics/members/42/train.json", "metrics/members/42/finetune.json",
+                 "dvclive/members/42/finetune/plots/metrics/val_cider.tsv",
                  "metrics/predictions.csv", "metrics/samples.png"):
         assert (repo / path).is_file(), path
     scores = json.loads((repo / "metrics/eval.json").read_text())
@@ -101,10 +109,11 @@ def test_repro_from_scratch_then_nothing_to_do(repo):
 @pytest.mark.parametrize(
     "change, expected",
     [
-        ({"train": {"epochs": 2}}, {"train", "finetune", "evaluate"}),
-        ({"scst": {"litert": False}}, {"finetune", "evaluate"}),
-        ({"text": {"min_words": 5}}, {"clean_text", "tokenize", "train", "finetune", "evaluate"}),
-        ({"features": {"encoder": "efficientnet_lite2"}}, {"extract_features", "train", "finetune", "evaluate"}),
+        ({"train": {"epochs": 2}}, {"train@42", "finetune@42", "assemble", "evaluate"}),
+        ({"scst": {"litert": False}}, {"finetune@42", "assemble", "evaluate"}),
+        ({"text": {"min_words": 5}}, {"clean_text", "tokenize", "train@42", "finetune@42", "assemble", "evaluate"}),
+        ({"features": {"encoder": "efficientnet_lite2"}},
+         {"extract_features", "train@42", "finetune@42", "assemble", "evaluate"}),
         ({"evaluate": {"beam_size": 1}}, {"evaluate"}),
     ],
     ids=["train.epochs", "scst.litert", "text.min_words", "features.encoder", "evaluate.beam_size"],
@@ -125,17 +134,44 @@ def test_a_self_critical_change_reverted_comes_back_from_the_run_cache(repo):
     edit_params(repo, scst={"learning_rate": 0.003, "litert": False})
     try:
         first = dvc(repo, "repro").stdout
-        assert ran_stages(first) - {"evaluate"} == {"finetune"}, first  # train stays as it is
-        # evaluate runs, or comes from the run cache when an earlier test already evaluated the same bundle
-        assert "evaluate" in ran_stages(first) or "Stage 'evaluate' is cached" in first, first
+        assert ran_stages(first) - {"assemble", "evaluate"} == {"finetune@42"}, first  # train@42 stays as it is
+        # assemble and evaluate run, or come from the run cache when an earlier test already made the same bundle
+        for stage in ("assemble", "evaluate"):
+            assert stage in ran_stages(first) or f"Stage '{stage}' is cached" in first, first
         assert {p.name: p.read_bytes() for p in (repo / "models/captioner").iterdir()} != before
         edit_params(repo, scst={"learning_rate": 0.0001, "litert": True})
         back = dvc(repo, "repro").stdout
         assert ran_stages(back) == set(), back  # nothing trains: both stages come back from DVC's run cache
-        assert re.findall(r"Stage '(\w+)' is cached - skipping run", back) == ["finetune", "evaluate"], back
+        assert re.findall(r"Stage '([\w@]+)' is cached - skipping run", back) == ["finetune@42", "assemble",
+                                                                                  "evaluate"], back
         assert {p.name: p.read_bytes() for p in (repo / "models/captioner").iterdir()} == before
         assert "up to date" in dvc(repo, "status").stdout
     finally:
+        restore(repo)
+
+
+def test_one_member_is_its_bundle_and_a_second_member_trains_alone(repo):
+    bundle, member = repo / "models/captioner", repo / "models/members/42"
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == {p.name: p.read_bytes() for p in member.iterdir()}
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["members"] = [42, 7]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = dvc(repo, "status").stdout
+        # train@42 and finetune@42 are up to date: their definitions do not read the list
+        assert status_stages(status) == {"train@7", "finetune@7", "assemble"}, status
+        out = dvc(repo, "repro").stdout
+        assert ran_stages(out) == {"train@7", "finetune@7", "assemble", "evaluate"}, out
+        assert "Stage 'train@42' didn't change" in out and "Stage 'finetune@42' didn't change" in out, out
+        config = json.loads((bundle / "config.json").read_text())
+        assert config["format"] == 2 and config["members"] == ["decoder.keras", "decoder_2.keras"]
+        for name, seed in (("decoder.keras", 42), ("decoder_2.keras", 7)):
+            assert (bundle / name).read_bytes() == (repo / f"models/members/{seed}/decoder.keras").read_bytes()
+        assert json.loads((repo / "metrics/eval.json").read_text())["members"] == 2
+        assert "up to date" in dvc(repo, "status").stdout
+    finally:
+        for folder in ("models/xe/7", "models/members/7", "dvclive/members/7", "metrics/members/7"):
+            shutil.rmtree(repo / folder, ignore_errors=True)  # a dropped member's outputs are no stage's any more
         restore(repo)
 
 
@@ -182,7 +218,7 @@ def test_push_clone_pull_predict(repo, tmp_path):
     status = dvc(clone, "status")
     assert "up to date" in status.stdout, status.stdout
     image = sorted((clone / "data/raw/Images").glob("*.jpg"))[0]
-    assert (clone / "models/captioner/captioner.tflite").is_file()  # the finetune stage's LiteRT export
+    assert (clone / "models/captioner/captioner.tflite").is_file()  # finetune@42's LiteRT export, assembled
     captions = {}
     for runtime in ("litert", "keras"):
         result = sh(clone, str(BIN / "captioner"), "predict", str(image), "--model", "models/captioner", "--json",

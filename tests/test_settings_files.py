@@ -23,7 +23,7 @@ def _bomb(levels: int = 9) -> str:
     return "[" + ", ".join(items) + "]"
 
 
-@pytest.mark.parametrize("text", [f"seed: {_bomb()}\n", f"data:\n  path: {_bomb()}\n"], ids=["seed", "data.path"])
+@pytest.mark.parametrize("text", [f"members: {_bomb()}\n", f"data:\n  path: {_bomb()}\n"], ids=["members", "data.path"])
 def test_alias_bomb_is_refused_before_it_is_expanded(tmp_path, text):
     path = tmp_path / "params.yaml"
     path.write_text(text)
@@ -35,17 +35,17 @@ def test_alias_bomb_is_refused_before_it_is_expanded(tmp_path, text):
 
 def test_alias_uses_are_bounded(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text("seed: &n 1\nx: [" + ", ".join(["*n"] * (MAX_ALIASES + 1)) + "]\n")
+    path.write_text("members: &n [1]\nx: [" + ", ".join(["*n"] * (MAX_ALIASES + 1)) + "]\n")
     with pytest.raises(CaptionerError, match=rf"params.yaml:2: more than {MAX_ALIASES} YAML aliases"):
         load_params(path)
 
 
 def test_a_few_aliases_and_merge_keys_still_work(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text("seed: &s 7\ndata:\n  sample_seed: *s\n  split_seed: *s\n")
+    path.write_text("data:\n  sample_seed: &s 7\n  split_seed: *s\nmembers: [*s, 3]\n")
     params = load_params(path)
-    assert params["seed"] == params["data"]["sample_seed"] == params["data"]["split_seed"] == 7
-    path.write_text("seed: 3\ntrain: &t\n  epochs: 2\nevaluate:\n  <<: {beam_size: 2}\n  split: val\n")
+    assert params["members"] == [7, 3] and params["data"]["sample_seed"] == params["data"]["split_seed"] == 7
+    path.write_text("members: [3]\ntrain: &t\n  epochs: 2\nevaluate:\n  <<: {beam_size: 2}\n  split: val\n")
     assert load_params(path)["evaluate"] == {"split": "val", "beam_size": 2, "figure_images": 8}
 
 
@@ -58,7 +58,7 @@ def test_an_alias_that_holds_itself_is_refused(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
-    ("seed: " + "9" * 5000 + "\n", "not a params file: Exceeds the limit"),
+    ("members: [" + "9" * 5000 + "]\n", "not a params file: Exceeds the limit"),
 ], ids=["deep", "long-integer"])
 def test_pathological_yaml_is_one_line(tmp_path, text, message):
     path = tmp_path / "params.yaml"
@@ -70,7 +70,7 @@ def test_pathological_yaml_is_one_line(tmp_path, text, message):
 
 def test_an_oversized_file_is_refused_unread(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text("# " + "x" * (1 << 20) + "\nseed: 1\n")
+    path.write_text("# " + "x" * (1 << 20) + "\nmembers: [1]\n")
     with pytest.raises(CaptionerError, match=r"params.yaml: \d+ bytes; a params file holds at most"):
         load_params(path)
 
@@ -79,7 +79,7 @@ def test_an_oversized_file_is_refused_unread(tmp_path):
     ("data:\n  source: folder\n  path: x\ntrain:\n  epochs: 1\ndata:\n  source: sample\n",
      r"params.yaml:6: duplicate key 'data' \(first at line 1\)"),
     ("train:\n  epochs: 1\n  units: 4\n  epochs: 2\n", r"params.yaml:4: duplicate key 'epochs' \(first at line 2\)"),
-    ("seed: 1\nseed: 1\n", r"params.yaml:2: duplicate key 'seed'"),
+    ("members: [1]\nmembers: [1]\n", r"params.yaml:2: duplicate key 'members'"),
 ])
 def test_duplicate_keys_are_refused(tmp_path, text, message):
     path = tmp_path / "params.yaml"
@@ -90,7 +90,7 @@ def test_duplicate_keys_are_refused(tmp_path, text, message):
 
 def test_a_stage_script_run_directly_refuses_duplicate_keys(tmp_path):
     params = tmp_path / "mine.yaml"
-    params.write_text("data:\n  sample_images: 10\nseed: 1\ndata:\n  sample_seed: 3\n")
+    params.write_text("data:\n  sample_images: 10\nmembers: [1]\ndata:\n  sample_seed: 3\n")
     run = subprocess.run([sys.executable, str(ROOT / "stages/download.py"), "--params", str(params),
                           "--out", str(tmp_path / "raw")], capture_output=True, text=True, timeout=120,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
@@ -118,10 +118,10 @@ def test_unknown_keys_are_quoted_short(tmp_path):
 
 def test_messages_name_the_params_file_that_was_read(tmp_path):
     path = tmp_path / "other.yaml"
-    path.write_text("seed: 1\ndata:\n  val_fraction: 0.5\n  test_fraction: 0.5\n")
+    path.write_text("members: [1]\ndata:\n  val_fraction: 0.5\n  test_fraction: 0.5\n")
     with pytest.raises(CaptionerError, match=r"other.yaml:4: 'data.test_fraction': data.val_fraction \+ "):
         load_params(path)
-    path.write_text("seed: 1\nevaluate:\n  split: val\n")
+    path.write_text("members: [1]\nevaluate:\n  split: val\n")
     load_params(path)
     assert where("evaluate.split") == f"{path}:3"
     assert where("data.split") == str(path)

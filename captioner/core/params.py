@@ -14,11 +14,14 @@ from typing import Any, Callable
 import yaml
 
 from captioner.core.errors import CaptionerError
-from captioner.core.schema import Field, check, choice, integer, number, paths, quote, text
+from captioner.core.schema import Field, check, choice, integer, integers, number, paths, quote, text
+
+MAX_MEMBERS = 16  # seeds in `members`: bundle.MAX_MEMBERS, the decoders a bundle holds at most (a test checks)
+SEED = integer(42, 0, 2**32 - 1)  # one member's training seed
 
 # Every setting the pipeline understands: "section.key" (or a top-level "key") -> kind, default, range.
 SETTINGS: dict[str, Field] = {
-    "seed": integer(42, 0, 2**32 - 1),
+    "members": integers([42], SEED.low, SEED.high, MAX_MEMBERS),
     "data.source": choice("sample", "sample", "folder", "archive", "kaggle", "karpathy"),
     "data.path": paths(None),
     "data.kaggle_dataset": text("adityajn105/flickr8k"),
@@ -221,6 +224,9 @@ def _flatten(path: Path, raw: dict[str, Any], lines: dict[str, int]) -> dict[str
     flat: dict[str, Any] = {}
     for key, value in raw.items():
         where = f"{path}:{lines.get(str(key), 1)}"
+        if key == "seed":
+            raise CaptionerError(f"{where}: 'seed' is now 'members', the list of the members' seeds (seed: 7 is "
+                                 "members: [7]; several make an ensemble)")
         if key not in DEFAULTS:
             raise CaptionerError(f"{where}: unknown key {quote(key)} (known: {', '.join(DEFAULTS)})")
         if not isinstance(DEFAULTS[key], dict):
@@ -257,6 +263,11 @@ def load_params(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise CaptionerError(f"{where}: '{key}': {advice}")
     _LOADED.update(path=str(path), lines=lines)
     return _nest(flat)
+
+
+def member_params(params: dict[str, Any], seed: int) -> dict[str, Any]:
+    """`params` for training the ensemble member of `seed` (a member stage's `--seed`): its `seed` key set."""
+    return {**params, "seed": check("--seed", "seed", seed, SEED)}
 
 
 def where(key: str) -> str:

@@ -39,6 +39,8 @@ class Field:
         """The allowed values in words, for error messages."""
         if self.choices and self.kind == "str":
             return "one of " + ", ".join(str(c) for c in self.choices)
+        if self.kind == "ints":
+            return f"a list of 1 to {self.below - 1} distinct integers from {self.low} to {self.high}"
         words = KIND_NAMES[self.kind]
         if self.low is not None:
             words += f" >= {self.low}"
@@ -85,6 +87,11 @@ def paths(default: str | list[str] | None, nullable: bool = True) -> Field:
     return Field("paths", default, nullable=nullable)
 
 
+def integers(default: list[int], low: int, high: int, most: int) -> Field:
+    """A non-empty list of at most `most` distinct ints, each within [low, high] (`below` holds `most` + 1)."""
+    return Field("ints", default, low=low, high=high, below=most + 1)
+
+
 def _kind_ok(field: Field, value: Any) -> bool:
     """Whether `value` has the field's kind (bools are not numbers; ints stand for floats)."""
     if field.kind == "int":
@@ -98,6 +105,9 @@ def _kind_ok(field: Field, value: Any) -> bool:
     if field.kind == "paths":
         items = value if isinstance(value, list) else [value]
         return bool(items) and all(isinstance(v, str) and v.strip() for v in items)
+    if field.kind == "ints":
+        return (isinstance(value, list) and 0 < len(value) < field.below and len(set(value)) == len(value)
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
     return isinstance(value, list)
 
 
@@ -111,6 +121,10 @@ def check(where: str, key: str, value: Any, field: Field) -> Any:
         return value
     if not _kind_ok(field, value) or (field.choices and field.kind == "str"):
         raise CaptionerError(f"{where}: '{key}' must be {field.describe()}, got {quote(value)}")
+    if field.kind == "ints":
+        if min(value) < field.low or max(value) > field.high:
+            raise CaptionerError(f"{where}: '{key}' must be {field.describe()}, got {quote(value)}")
+        return value
     too_low = field.low is not None and value < field.low
     too_high = (field.high is not None and value > field.high) or (field.below is not None and value >= field.below)
     if too_low or too_high:

@@ -31,8 +31,9 @@ def run_main(main: Callable[[], None]) -> None:
 
 
 def stage_args(description: str, inputs: Sequence[str], outputs: Sequence[str],
-               argv: Sequence[str] | None = None, clean: bool = True) -> argparse.Namespace:
-    """Parse a stage script's `--name PATH` options (all required; dvc.yaml gives them) into Paths.
+               argv: Sequence[str] | None = None, clean: bool = True, seed: bool = False) -> argparse.Namespace:
+    """Parse a stage script's `--name PATH` options (all required; dvc.yaml gives them) into Paths, and with
+    `seed` a required `--seed N` (an ensemble member's stage: dvc.yaml's `foreach` item).
 
     Before the stage writes anything, what an earlier killed run left beside its outputs is removed
     (unless `clean` is false: a process that writes none of the outputs leaves them alone).
@@ -42,6 +43,8 @@ def stage_args(description: str, inputs: Sequence[str], outputs: Sequence[str],
     for name in (*inputs, *outputs):
         role = "output" if name in outputs else "input"
         parser.add_argument(f"--{name.replace('_', '-')}", type=Path, required=True, metavar="PATH", help=role)
+    if seed:
+        parser.add_argument("--seed", type=int, required=True, metavar="N", help="the member's training seed")
     args = parser.parse_args(argv)
     removed = remove_stale(*(getattr(args, name) for name in outputs)) if clean else 0
     if removed:

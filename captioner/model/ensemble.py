@@ -3,8 +3,10 @@
 `assemble` checks that member bundles agree (vocabulary, encoder, feature shape, decoder kind) and writes an
 ensemble bundle (format 2, see `bundle.py`): the members' decoder.keras files copied byte for byte, member 1's
 vocabulary and config with `members` added, and optionally a captioner.tflite whose `init`/`step` run every
-member (`decoders.ensemble_step_models`). Decoding averages the members' per-word probabilities inside the
-same batched beam search (`CaptionDecoder` and `LiteDecoder` need nothing else).
+member (`decoders.ensemble_step_models`). One member gives its bundle's files byte for byte. Decoding averages
+the members' per-word probabilities inside the same batched beam search (`CaptionDecoder` and `LiteDecoder` need
+nothing else). `assemble_members` is the pipeline's `assemble` stage: the bundles of the seeds in params.yaml's
+`members`, one folder per seed.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ def assemble(member_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.Pa
     """Write an ensemble bundle of the bundles in `member_dirs` to `out_dir` (replaced atomically); return its config.
 
     With `litert`, also captioner.tflite (the bundle's encoder and the ensemble's decoding graphs). One member gives
-    a copy of it in the single-decoder format. Members that disagree are a one-line error naming the member.
+    a copy of it in the single-decoder format, byte for byte (its own captioner.tflite too, when it has one). Members
+    that disagree are a one-line error naming the member.
     """
     dirs = [Path(d) for d in member_dirs]
     out = Path(out_dir)
@@ -44,17 +47,34 @@ def assemble(member_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.Pa
         reason = _difference(configs[0], vocabs[0], config, vocab)
         if reason:
             raise CaptionerError(f"{directory} (member {i}): {reason} (member 1: {dirs[0]})")
-    models = [load_bundle(d).model for d in dirs]  # every file checked before anything is written
+    own_litert = dirs[0] / LITERT_FILE if len(dirs) == 1 and (dirs[0] / LITERT_FILE).is_file() else None
+    convert = litert and own_litert is None
+    # Every file is checked before anything is written; one member copied as it is (no conversion) needs no
+    # TensorFlow: its config and vocabulary are checked above, its decoder when the copy is loaded.
+    models = [load_bundle(d).model for d in dirs] if convert or len(dirs) > 1 else []
     config = ensemble_config(configs[0], len(dirs))
-    encoder = _encoder(configs[0]) if litert else None
+    encoder = _encoder(configs[0]) if convert else None
     with atomic_dir(out) as tmp:
         for directory, name in zip(dirs, member_files(config)):
             shutil.copyfile(directory / MODEL_FILE, tmp / name)
         write_json(tmp / VOCAB_FILE, vocabs[0].to_json())
         write_json(tmp / CONFIG_FILE, config)
-        if encoder is not None:
+        if litert and own_litert is not None:
+            shutil.copyfile(own_litert, tmp / LITERT_FILE)
+        elif encoder is not None:
             (tmp / LITERT_FILE).write_bytes(litert_bytes(encoder, models[0] if len(models) == 1 else models))
     return config
+
+
+def assemble_members(params: dict[str, Any], members_dir: str | os.PathLike[str],
+                     out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The pipeline's bundle in `out_dir`: the bundles `members_dir`/SEED of params' `members`, in that order, assembled
+    (with captioner.tflite when `scst.litert`); return its config. A missing member is a one-line error."""
+    dirs = [Path(members_dir) / str(seed) for seed in params["members"]]
+    for seed, directory in zip(params["members"], dirs):
+        if not (directory / CONFIG_FILE).is_file():
+            raise CaptionerError(f"{directory}: no bundle of member {seed} (its stages: dvc repro finetune@{seed})")
+    return assemble(dirs, out_dir, litert=params["scst"]["litert"])
 
 
 def _check_places(dirs: list[Path], out: Path) -> None:
