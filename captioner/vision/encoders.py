@@ -72,7 +72,7 @@ ENCODERS: dict[str, EncoderSpec] = {
 
 
 def get_spec(name: str) -> EncoderSpec:
-    """Registry entry for `name` (or the fused spec of `a+b`); an unknown name is a CaptionerError listing the known ones."""
+    """Registry entry for `name` (or the fused spec of `a+b`); an unknown name is one line listing the known ones."""
     if FUSE in name:
         return _fused_spec(name)
     if name not in ENCODERS:

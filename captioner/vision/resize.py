@@ -1,35 +1,20 @@
 """Antialiased bilinear resizing as two fixed matrix products, so it converts to LiteRT builtin ops.
 
 `tf.image.resize(..., antialias=True)` (TensorFlow's ScaleAndTranslate op) has no LiteRT builtin; this
-layer computes the same per-axis weights (a triangle filter widened by the downscale factor, half-pixel
-centres, weights normalized to sum 1) in NumPy and applies them as `(out_h, in_h)` and `(out_w, in_w)`
-matrices. Upsampling (factor below 1) is plain bilinear. The fused encoders use it for both the image
-(largest member's size -> a smaller member's) and the feature grids (-> the first member's grid).
+layer applies the same per-axis weights (`photos.resize_matrix`: a triangle filter widened by the downscale
+factor, half-pixel centres, weights summing to 1) as `(out_h, in_h)` and `(out_w, in_w)` constant matrices.
+Upsampling is plain bilinear. The fused encoders use it for both the image (largest member's size -> a
+smaller member's) and the feature grids (-> the first member's grid).
 """
 
 from __future__ import annotations
 
-import math
-
 import keras
 import numpy as np
 
+from captioner.vision.photos import resize_matrix
+
 _PACKAGE = "captioner"
-
-
-def resize_weights(in_size: int, out_size: int) -> np.ndarray:
-    """(out_size, in_size) float32 weights of TensorFlow's antialiased bilinear resize along one axis."""
-    scale = out_size / in_size
-    kernel_scale = max(1.0 / scale, 1.0)
-    weights = np.zeros((out_size, in_size), np.float64)
-    for i in range(out_size):
-        sample = (i + 0.5) / scale
-        start = max(math.ceil(sample - kernel_scale - 0.5), 0)
-        end = min(math.floor(sample + kernel_scale - 0.5), in_size - 1) + 1
-        source = np.arange(start, end)
-        row = np.maximum(0.0, 1.0 - np.abs((source + 0.5 - sample) / kernel_scale))
-        weights[i, start:end] = row / row.sum()
-    return weights.astype(np.float32)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -44,11 +29,11 @@ class AntialiasResize(keras.layers.Layer):
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         """Compute the two weight matrices for the input's fixed spatial size."""
-        self._rows = resize_weights(int(input_shape[1]), self.height)
-        self._cols = resize_weights(int(input_shape[2]), self.width)
+        self._rows = resize_matrix(self.height, int(input_shape[1]))
+        self._cols = resize_matrix(self.width, int(input_shape[2]))
 
     def call(self, x):
-        """Rows, then columns: each a product with a constant matrix on the last axis (LiteRT: FULLY_CONNECTED)."""
+        """Rows, then columns: each a product with a constant matrix on the last axis (builtin ops in LiteRT)."""
         rows = keras.ops.cast(self._rows.T, x.dtype)
         cols = keras.ops.cast(self._cols.T, x.dtype)
         x = keras.ops.matmul(keras.ops.transpose(x, (0, 2, 3, 1)), rows)  # (n, w, c, height)
