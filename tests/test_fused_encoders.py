@@ -146,8 +146,9 @@ def test_fused_bundle_round_trip_on_the_sample(tmp_path):
 
     paths = [folder / name for name in names]
     lite, tf_runtime = Captioner.load(bundle, runtime="litert"), Captioner.load(bundle, runtime="keras")
-    np.testing.assert_allclose(tf_runtime.encode(paths).astype("float32"), stored.astype("float32"), atol=2e-2)
-    np.testing.assert_allclose(lite.encode(paths).astype("float32"), stored.astype("float32"), atol=2e-2)
+    on_keras, on_lite = tf_runtime.encode(paths).astype("float32"), lite.encode(paths).astype("float32")
+    np.testing.assert_allclose(on_keras, stored.astype("float32"), atol=2e-2)  # float16 grids, Pillow vs tf.data
+    np.testing.assert_allclose(on_lite, on_keras, atol=5e-3)  # LiteRT's builtin ops vs Keras, one float16 step
     assert [c.caption for c in lite.caption(paths)] == [c.caption for c in tf_runtime.caption(paths)]
 
 
