@@ -52,6 +52,15 @@ def test_lite0_classifier_sees_a_cat(weights_cache):
     np.testing.assert_allclose(again, probs, atol=1e-6)
 
 
+@pytest.mark.parametrize("name, size", [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_larger_lites_see_a_cat(name, size):
+    probs = efficientnet_lite.build_classifier(name).predict_on_batch(cat_batch(size))[0]
+    assert probs.argmax() in CAT_CLASSES, f"top-5 {np.argsort(-probs)[:5].tolist()}"
+    spec = get_spec(name)
+    grid = build_encoder(name, "imagenet", "grid").predict_on_batch(cat_batch(size))
+    assert spec.input_size == size and grid.shape == (1, *spec.grid_shape)
+
+
 def test_lite0_pooled_is_mean_of_grid():
     image = cat_batch(224)
     pooled = build_encoder("efficientnet_lite0", "imagenet", "pooled").predict_on_batch(image)
@@ -218,7 +227,7 @@ def test_reader_refuses_truncated_file(tmp_path):
 
 
 def test_unknown_names_are_one_line_errors():
-    with pytest.raises(CaptionerError, match="known: efficientnet_lite0, efficientnet_lite2, vgg16"):
+    with pytest.raises(CaptionerError, match="known: efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, vgg"):
         get_spec("vgg19")
     with pytest.raises(CaptionerError, match="features.output"):
         build_encoder("vgg16", "none", "spatial")

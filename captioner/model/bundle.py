@@ -23,7 +23,7 @@ from captioner.core.errors import CaptionerError
 from captioner.core.jsonfile import read_json
 from captioner.core.schema import Field, check, choice, integer, number, quote, text
 from captioner.data.text import MAX_LENGTH, RESERVED, Vocabulary
-from captioner.vision.encoders import ENCODERS, TAIL_OUTPUT, output_shape
+from captioner.vision.encoders import ENCODERS, TAIL_OUTPUT, find_spec, output_shape
 
 MODEL_FILE = "decoder.keras"
 WEIGHTS_ENTRY = "model.weights.h5"  # the weights inside a .keras zip
@@ -35,10 +35,11 @@ MAX_MEMBERS = 16
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold
 SAVE_DATE = "1980-01-01@00:00:00"  # decoder.keras's metadata.json date_saved, in Keras' format
 # The registry's encoders fix input sizes and feature shapes: the ranges below come from them, and `_check_encoder`
-# holds a bundle that names one of them to its exact values (its LiteRT encoder was converted at that size). A name
-# outside the registry (features made elsewhere) can still be evaluated on stored features; predict refuses it.
+# holds a bundle that names one of them (or a fusion of them) to its exact values (its LiteRT encoder was converted at
+# that size). A name outside the registry (features made elsewhere) can still be evaluated on stored features; predict
+# refuses it. A fused encoder's features are at most every registered encoder's concatenated.
 MAX_INPUT_SIZE = max(spec.input_size for spec in ENCODERS.values())
-MAX_FEATURE_DIM = max(max(spec.pooled_dim, *spec.grid_shape) for spec in ENCODERS.values())
+MAX_FEATURE_DIM = sum(max(spec.pooled_dim, *spec.grid_shape) for spec in ENCODERS.values())
 
 # Every value of config.json: "section.key" -> what it may be (a nullable value may also be absent).
 CONFIG_FIELDS: dict[str, Field] = {
@@ -204,7 +205,7 @@ def _check_encoder(path: Path, config: dict[str, Any]) -> None:
     """The input size and feature shape must be those of the named encoder: any other size would resize photos
     to a size the encoder (and the bundle's LiteRT file) was never built for."""
     encoder = config["encoder"]
-    spec = ENCODERS.get(encoder["name"])
+    spec = find_spec(encoder["name"])
     if spec is None:
         return
     if encoder["input_size"] != spec.input_size:

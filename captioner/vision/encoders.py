@@ -5,6 +5,11 @@ own preprocessing, so extraction and `captioner predict` feed it the same pixels
 vector per image, `grid` the last spatial feature map (for attention decoders), `stage6` (EfficientNet-Lite only)
 the map before the last stage, whose remaining layers the train stage fine-tunes (docs/encoder-tail.md). Weights come from
 `features.weights`: `imagenet`, a local weights file, or `none` (random, tests only).
+
+A fused encoder is named by its members joined with `+` (`efficientnet_lite0+efficientnet_lite2`): one model
+whose input is its largest member's size, resized inside the model (antialiased) for the smaller members;
+each member's grid is resized to the first member's grid size and the grids are concatenated along channels
+(pooled: the members' vectors are concatenated).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ if TYPE_CHECKING:
 
 OUTPUTS = ("pooled", "grid", "stage6")
 TAIL_OUTPUT = "stage6"  # the output whose tail (last stage + head) runs, trainable, in the decoder
+FUSE = "+"  # joins the member names of a fused encoder
 # Mean pixel (BGR) that Keras' "caffe" preprocessing subtracts after swapping RGB to BGR.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
@@ -39,6 +45,7 @@ class EncoderSpec:
     pooled_layer: str = ""
     grid_layer: str = ""
     grid_is_layer_input: bool = False
+    members: tuple[str, ...] = ()  # a fused encoder's member encoders, first one's grid size kept
 
     @property
     def is_keras_application(self) -> bool:
@@ -50,6 +57,7 @@ ENCODERS: dict[str, EncoderSpec] = {
     spec.name: spec
     for spec in (
         EncoderSpec("efficientnet_lite0", 224, 1280, (7, 7, 1280), "(x - 127) / 128"),
+        EncoderSpec("efficientnet_lite1", 240, 1280, (8, 8, 1280), "(x - 127) / 128"),
         EncoderSpec("efficientnet_lite2", 260, 1280, (9, 9, 1280), "(x - 127) / 128"),
         EncoderSpec("vgg16", 224, 4096, (14, 14, 512), "caffe: RGB->BGR, minus ImageNet mean",
                     "VGG16", "fc2", "block5_conv3"),
@@ -66,7 +74,9 @@ ENCODERS: dict[str, EncoderSpec] = {
 
 
 def get_spec(name: str) -> EncoderSpec:
-    """Registry entry for `name`; an unknown name is a CaptionerError listing the known ones."""
+    """Registry entry for `name` (or the fused spec of `a+b`); an unknown name is one line listing the known ones."""
+    if FUSE in name:
+        return _fused_spec(name)
     if name not in ENCODERS:
         raise CaptionerError(f"features.encoder: unknown encoder '{name}' (known: {', '.join(ENCODERS)})")
     return ENCODERS[name]
@@ -97,8 +107,40 @@ def tail_channels(spec: EncoderSpec) -> int:
     return efficientnet_lite.tail_input_channels(spec.name)
 
 
-def _check_weights(weights: str) -> None:
-    """Refuse a weights value that is neither a keyword nor an existing file."""
+def find_spec(name: str) -> EncoderSpec | None:
+    """The spec of a name captioner can build (registered or a valid fusion), else None."""
+    try:
+        return get_spec(name)
+    except CaptionerError:
+        return None
+
+
+def _fused_spec(name: str) -> EncoderSpec:
+    """Spec of `a+b[+c...]`: two or more distinct registered encoders; one line naming the bad part otherwise."""
+    members = tuple(name.split(FUSE))
+    for member in members:
+        if member not in ENCODERS:
+            raise CaptionerError(f"features.encoder: unknown encoder '{member}' in '{name}' "
+                                 f"(known: {', '.join(ENCODERS)}; fuse two or more with '{FUSE}')")
+    if len(set(members)) != len(members):
+        raise CaptionerError(f"features.encoder: '{name}' names an encoder twice")
+    specs = [ENCODERS[m] for m in members]
+    height, width, _ = specs[0].grid_shape
+    return EncoderSpec(
+        name,
+        max(s.input_size for s in specs),
+        sum(s.pooled_dim for s in specs),
+        (height, width, sum(s.grid_shape[2] for s in specs)),
+        "; ".join(f"{s.name}: {s.preprocessing}" for s in specs),
+        members=members,
+    )
+
+
+def _check_weights(weights: str, spec: EncoderSpec) -> None:
+    """Refuse a weights value that is neither a keyword nor an existing file (a fused encoder: a keyword)."""
+    if spec.members and weights not in ("imagenet", "none"):
+        raise CaptionerError(f"features.weights: the fused encoder {spec.name} takes imagenet or none "
+                             f"(each member its own weights), got '{weights}'")
     if weights not in ("imagenet", "none") and not Path(weights).is_file():
         raise CaptionerError(
             f"features.weights: '{weights}' is not imagenet, none or an existing weights file"
@@ -109,7 +151,9 @@ def weights_id(name: str, weights: str) -> str:
     """Short description of the weights plus a content hash where there is a file, for meta.json and bundles."""
     from captioner.vision import efficientnet_lite
     spec = get_spec(name)
-    _check_weights(weights)
+    _check_weights(weights, spec)
+    if spec.members:
+        return " + ".join(weights_id(member, weights) for member in spec.members)
     if weights == "none":
         return "none (random initialization)"
     if weights == "imagenet" and spec.is_keras_application:
@@ -184,6 +228,36 @@ def _efficientnet_lite(spec: EncoderSpec, weights: str, output: str) -> keras.Mo
     return keras.Model(classifier.input, endpoint, name=f"{spec.name}_{output}")
 
 
+def _member(spec: EncoderSpec, weights: str, output: str) -> keras.Model:
+    """One registered encoder's model (Keras Applications or EfficientNet-Lite)."""
+    if spec.is_keras_application:
+        return _keras_application(spec, weights, output)
+    return _efficientnet_lite(spec, weights, output)
+
+
+def _fused(spec: EncoderSpec, weights: str, output: str) -> keras.Model:
+    """One image input at the largest member's size; each member on its own size, grids resized and concatenated."""
+    import keras
+
+    from captioner.vision.resize import AntialiasResize
+
+    if output not in ("grid", "pooled"):
+        raise CaptionerError(f"features.output: the fused encoder {spec.name} gives grid or pooled, not '{output}'")
+    inputs = keras.Input((spec.input_size, spec.input_size, 3), name="image")
+    height, width, _ = spec.grid_shape
+    parts = []
+    for member in map(get_spec, spec.members):
+        x = inputs
+        if member.input_size != spec.input_size:
+            x = AntialiasResize(member.input_size, member.input_size, name=f"{member.name}_image_resize")(x)
+        x = _member(member, weights, output)(x)
+        if output == "grid" and member.grid_shape[:2] != (height, width):
+            x = AntialiasResize(height, width, name=f"{member.name}_grid_resize")(x)
+        parts.append(x)
+    fused = keras.layers.Concatenate(axis=-1, name="fuse")(parts)
+    return keras.Model(inputs, fused, name=f"{spec.name.replace(FUSE, '_and_')}_{output}")
+
+
 def build_encoder(name: str, weights: str, output: str, precision: str = "float32") -> keras.Model:
     """Keras model mapping (N, size, size, 3) RGB 0-255 float32 to float32 (N, *output_shape(name, output)).
 
@@ -199,13 +273,11 @@ def build_encoder(name: str, weights: str, output: str, precision: str = "float3
         raise CaptionerError(f"features.output: unknown output '{output}' (known: {', '.join(OUTPUTS)})")
     if output == TAIL_OUTPUT:
         tail_channels(spec)
-    _check_weights(weights)
+    _check_weights(weights, spec)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(keras_policy(precision))
     try:
-        model = _keras_application(spec, weights, output) if spec.is_keras_application else _efficientnet_lite(
-            spec, weights, output
-        )
+        model = _fused(spec, weights, output) if spec.members else _member(spec, weights, output)
     finally:
         keras.config.set_dtype_policy(previous)
     if precision == "float32":

@@ -123,6 +123,14 @@ def _filter(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(taps, 0, in_size - 1), weights.astype(np.float32)
 
 
+def resize_matrix(out_size: int, in_size: int) -> np.ndarray:
+    """The same filter as a dense (out_size, in_size) float32 matrix, for models that resize inside the graph."""
+    taps, weights = _filter(out_size, in_size)
+    matrix = np.zeros((out_size, in_size), dtype=np.float32)
+    np.add.at(matrix, (np.arange(out_size)[:, None], taps), weights)
+    return matrix
+
+
 def resize_photo(image: np.ndarray, size: int) -> np.ndarray:
     """Squash an (h, w, 3) image to (size, size, 3) float32 0-255 as `tf.image.resize(bilinear, antialias=True)`.
 
