@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -167,6 +169,22 @@ def test_bundle_encoder_gives_the_stored_features_and_litert_agrees(pipeline):
         assert a.attention.shape == (len(a.words), 7, 7)
     stored_captions = keras_captioner.caption_features(stored[rows])
     assert [r.caption for r in stored_captions] == [r.caption for r in by_keras]
+
+
+def test_a_tail_bundle_captions_on_litert_without_tensorflow(pipeline):
+    """`captioner predict`'s fast start: checking a stage6 bundle must not import Keras (it pulls in TensorFlow)."""
+    root, made, out = pipeline
+    photo = root / "data/raw/Images" / made["splits"]["test"][0]
+    code = (
+        "import sys; sys.modules['tensorflow'] = sys.modules['keras'] = None\n"
+        "from captioner import Captioner\n"
+        f"c = Captioner.load({str(out['captioner'])!r})\n"
+        f"assert c.describe()['runtime'] == 'litert'\n"
+        f"print(c.caption({str(photo)!r})[0].caption)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip()
 
 
 def test_bundle_with_a_tail_that_does_not_fit_the_encoder_is_a_one_line_error(pipeline, tmp_path):

@@ -18,12 +18,15 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
 from captioner.core.errors import CaptionerError
 from captioner.vision.pth_reader import read_state_dict
+
+if TYPE_CHECKING:
+    import keras
 
 BN_EPSILON = 1e-3
 CACHE_FORMAT = 2  # bump when the converted layout changes, so stale cache files are not loaded
@@ -99,6 +102,8 @@ def _conv(x: keras.KerasTensor, filters: int, kernel: int, stride: int, name: st
              torch_bn: str, mapping: dict[str, tuple[str, ...]], depthwise: bool = False,
              relu: bool = True) -> keras.KerasTensor:
     """Conv (or depthwise conv) with its BatchNorm folded into kernel and bias [+ ReLU6]; records the torch sources."""
+    import keras
+
     if depthwise:
         x = keras.layers.DepthwiseConv2D(kernel, stride, padding="same", name=f"{name}_conv")(x)
     else:
@@ -110,6 +115,8 @@ def _conv(x: keras.KerasTensor, filters: int, kernel: int, stride: int, name: st
 def _blocks(x: keras.KerasTensor, stages: list[tuple[int, int, int, int, int, int]], block: int,
             mapping: dict[str, tuple[str, ...]]) -> keras.KerasTensor:
     """The MBConv blocks of `stages`, numbered from `block` (layer names as in the whole model)."""
+    import keras
+
     for repeats, kernel, stride, expand, c_in, c_out in stages:
         for r in range(repeats):
             block_in, block_stride = (c_in, stride) if r == 0 else (c_out, 1)
@@ -130,6 +137,8 @@ def _blocks(x: keras.KerasTensor, stages: list[tuple[int, int, int, int, int, in
 
 def _build(variant: Variant) -> tuple[keras.Model, dict[str, tuple[str, ...]]]:
     """Build the classifier (softmax over 1000 classes) and the map keras layer name -> torch modules."""
+    import keras
+
     mapping: dict[str, tuple[str, ...]] = {}
     size = variant.input_size
     inputs = keras.Input((size, size, 3), name="image")
@@ -162,6 +171,8 @@ def build_tail(name: str, grid: tuple[int, int]) -> keras.Model:
     Layers are named as in the classifier (weights copy over by name) and built under the current dtype policy;
     weights start random (see `copy_tail_weights`).
     """
+    import keras
+
     stages = _stages(VARIANTS[name])
     inputs = keras.Input((*grid, tail_input_channels(name)), name="stage_features")
     x = _blocks(inputs, stages[TAIL_STAGE:], sum(repeats for repeats, *_ in stages[:TAIL_STAGE]), {})
@@ -181,6 +192,8 @@ def _torch_to_keras(
     layer: keras.layers.Layer, state: dict[str, np.ndarray], sources: tuple[str, ...]
 ) -> list[np.ndarray]:
     """Convert torch tensors to the layer's [kernel, bias]: transpose layouts, fold BatchNorm into conv."""
+    import keras
+
     if isinstance(layer, keras.layers.Dense):
         return [state[f"{sources[0]}.weight"].T, state[f"{sources[0]}.bias"]]
     conv, bn = sources
