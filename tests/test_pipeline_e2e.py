@@ -109,14 +109,14 @@ def test_repro_from_scratch_then_nothing_to_do(repo):
 @pytest.mark.parametrize(
     "change, expected",
     [
-        ({"train": {"epochs": 2}}, {"train@42", "finetune@42", "assemble", "evaluate"}),
+        ({"train": {"learning_rate": 0.003}}, {"train@42", "finetune@42", "assemble", "evaluate"}),
         ({"scst": {"litert": False}}, {"finetune@42", "assemble", "evaluate"}),
         ({"text": {"min_words": 5}}, {"clean_text", "tokenize", "train@42", "finetune@42", "assemble", "evaluate"}),
         ({"features": {"encoder": "efficientnet_lite2"}},
          {"extract_features", "train@42", "finetune@42", "assemble", "evaluate"}),
         ({"evaluate": {"beam_size": 1}}, {"evaluate"}),
     ],
-    ids=["train.epochs", "scst.litert", "text.min_words", "features.encoder", "evaluate.beam_size"],
+    ids=["train.learning_rate", "scst.litert", "text.min_words", "features.encoder", "evaluate.beam_size"],
 )
 def test_param_change_reruns_exactly_the_dependent_stages(repo, change, expected):
     edit_params(repo, **change)
