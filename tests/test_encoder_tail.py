@@ -187,6 +187,18 @@ def test_a_tail_bundle_captions_on_litert_without_tensorflow(pipeline):
     assert run.stdout.strip()
 
 
+def test_a_stage6_feature_file_is_refused_for_a_decoder_without_the_tail(tmp_path):
+    from captioner.vision.feature_store import FeatureReader, prepare_features, write_features
+
+    path = tmp_path / "features.h5"
+    rows = np.ones((2, 7, 7, 192), dtype=np.float16)
+    write_features(path, ["a.jpg", "b.jpg"], rows.shape[1:], rows.dtype, [rows], {"output": "stage6"})
+    with FeatureReader(path) as reader:
+        with pytest.raises(CaptionerError, match="holds stage6 maps, which only the attention decoder takes"):
+            prepare_features(reader, "merge", str(path))
+        assert prepare_features(reader, "attention", str(path)) is reader
+
+
 def test_bundle_with_a_tail_that_does_not_fit_the_encoder_is_a_one_line_error(pipeline, tmp_path):
     import shutil
 

@@ -30,17 +30,21 @@ def start_tail(model: keras.Model, meta: dict[str, Any], source: str) -> None:
     copy_tail_weights(model.get_layer(TAIL_MODEL), name, weights)
 
 
+def _tail(model: keras.Model) -> keras.layers.Layer | None:
+    """The decoder's tail submodel, or None for a decoder without one."""
+    return next((layer for layer in model.layers if layer.name == TAIL_MODEL), None)
+
+
 def tail_paths(model: keras.Model) -> list[str]:
     """Paths of the tail's trainable variables (none without a tail)."""
-    layers = {layer.name for layer in model.layers}
-    return [v.path for v in model.get_layer(TAIL_MODEL).trainable_variables] if TAIL_MODEL in layers else []
+    tail = _tail(model)
+    return [v.path for v in tail.trainable_variables] if tail is not None else []
 
 
 @contextmanager
 def tail_frozen(model: keras.Model) -> Iterator[None]:
     """Within the block the decoder's tail (if any) is not trainable: self-critical training leaves it as is."""
-    layers = {layer.name: layer for layer in model.layers}
-    tail = layers.get(TAIL_MODEL)
+    tail = _tail(model)
     if tail is None:
         yield
         return

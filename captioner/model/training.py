@@ -17,7 +17,7 @@ from captioner.model.distribute import (
 )
 from captioner.model.finite import stop_on_nonfinite
 from captioner.model.views import Mirror, show, view_draws
-from captioner.vision.encoders import TAIL_OUTPUT, tail_encoder
+from captioner.vision.encoders import tail_encoder
 from captioner.vision.feature_store import FEATURES_FILE, FLIPPED, FeatureReader, prepare_features
 from captioner.core.jsonfile import read_json
 from captioner.data.text import PAD_ID, Vocabulary
@@ -62,9 +62,6 @@ def load_train_data(features_dir: str | os.PathLike[str], processed_dir: str | o
     names, attrs = reader.names, reader.attrs
     meta = {**attrs, **read_json(features_dir / "meta.json", "feature metadata", "extract_features")}
     feature_shape = tuple(int(d) for d in reader.feature_shape)
-    if meta.get("output") == TAIL_OUTPUT and decoder != "attention":
-        raise CaptionerError(f"{features_dir / FEATURES_FILE}: holds {TAIL_OUTPUT} maps, which only the attention "
-                             f"decoder takes (set train.decoder: attention, or features.output: grid)")
     features = prepare_features(reader, decoder, str(features_dir / FEATURES_FILE))
 
     seq_path = processed_dir / "sequences.npz"

@@ -152,10 +152,15 @@ def _build(variant: Variant) -> tuple[keras.Model, dict[str, tuple[str, ...]]]:
     return keras.Model(inputs, outputs, name=variant.name), mapping
 
 
+def _tail_first_block(stages: list[tuple[int, int, int, int, int, int]]) -> int:
+    """The number of the first block after stage TAIL_STAGE (blocks count from 0 over all stages)."""
+    return sum(repeats for repeats, *_ in stages[:TAIL_STAGE])
+
+
 def tail_input_layer(name: str) -> str:
     """The layer whose input is the output of stage TAIL_STAGE: the first layer of the last stage's first block."""
     stages = _stages(VARIANTS[name])
-    first_block = sum(repeats for repeats, *_ in stages[:TAIL_STAGE])
+    first_block = _tail_first_block(stages)
     expand = stages[TAIL_STAGE][3]
     return f"block{first_block}_expand_conv" if expand != 1 else f"block{first_block}_dw_conv"
 
@@ -175,7 +180,7 @@ def build_tail(name: str, grid: tuple[int, int]) -> keras.Model:
 
     stages = _stages(VARIANTS[name])
     inputs = keras.Input((*grid, tail_input_channels(name)), name="stage_features")
-    x = _blocks(inputs, stages[TAIL_STAGE:], sum(repeats for repeats, *_ in stages[:TAIL_STAGE]), {})
+    x = _blocks(inputs, stages[TAIL_STAGE:], _tail_first_block(stages), {})
     x = _conv(x, HEAD_FILTERS, 1, 1, "head", "_conv_head", "_bn1", {})
     return keras.Model(inputs, x, name=TAIL_MODEL)
 

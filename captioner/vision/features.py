@@ -104,11 +104,6 @@ def _warn_skipped(skipped: dict[str, str], total: int, meta_path: Path) -> None:
           file=sys.stderr)
 
 
-def feature_shape(encoder: str, output: str) -> tuple[int, ...]:
-    """The shape of one image's feature from `encoder`: its grid (h, w, C), stage6 map or pooled vector (C,)."""
-    return output_shape(encoder, output)
-
-
 def resume_folder(out_dir: Path) -> Path:
     """Where the stage keeps finished pieces while it runs: beside the output (`data/features.resume`)."""
     return out_dir.with_name(f"{out_dir.name}.resume")
@@ -150,7 +145,7 @@ def _encode_pieces(
     encoder, batch_size = params_features["encoder"], params_features["batch_size"]
     input_size, dtype = settings["input_size"], feature_dtype(params_features["output"])
     flip = params_features.get("flip", False)
-    shape = feature_shape(encoder, params_features["output"])
+    shape = output_shape(encoder, params_features["output"])
     per_piece = batch_size * PIECE_BATCHES
     model = None
     keys, flipped_keys, reused = [], [], 0
@@ -166,14 +161,11 @@ def _encode_pieces(
                     model = build_encoder(
                         encoder, params_features["weights"], params_features["output"], settings["precision"]
                     )
-                if flip:
-                    done, features, flipped = encode_views(model, piece, input_size, batch_size, dtype, False, True)
-                else:
-                    done, features = encode_images(model, piece, input_size, batch_size, dtype, progress=False)
+                done, features, flipped = encode_views(model, piece, input_size, batch_size, dtype, False, flip)
                 names = [piece[i].name for i in done]
                 ok = set(done)
                 skipped = {piece[i].name: describe_failure(piece[i]) for i in range(len(piece)) if i not in ok}
-                for view_key, rows in zip(views, [features, flipped] if flip else [features]):
+                for view_key, rows in zip(views, [features, flipped]):
                     check_finite(f"{encoder} ({params_features['weights']} weights) on {piece[0].parent}", rows,
                                  names, hint="damaged encoder weights?")
                     store.save(view_key, names, rows, skipped)
@@ -209,7 +201,7 @@ def run_extraction(images_dir: Path, out_dir: Path, params_features: dict[str, A
     if not names:
         store.remove()
         raise CaptionerError(f"{images_dir}: none of the {len(paths)} files is a readable image")
-    shape, dtype = feature_shape(encoder, output), np.dtype(feature_dtype(output))  # every piece was checked for both
+    shape, dtype = output_shape(encoder, output), np.dtype(feature_dtype(output))  # every piece was checked for both
     meta = {
         "encoder": encoder,
         "weights": weights,
