@@ -163,13 +163,13 @@ def test_an_encoder_giving_nan_stops_extraction_naming_the_image(tmp_path, monke
     for i, name in enumerate(("a.jpg", "b.jpg", "c.jpg")):
         save_image(images / name, i)
 
-    def encode(model, paths, input_size, batch_size, dtype, progress=True):  # as damaged weights would
+    def encode(model, paths, input_size, batch_size, dtype, progress=True, flip=False):  # as damaged weights would
         features = np.ones((len(paths), 1280), dtype=dtype)
         features[1, 7] = np.nan
-        return list(range(len(paths))), features
+        return list(range(len(paths))), features, None
 
     monkeypatch.setattr(extraction, "build_encoder", lambda *args: None)
-    monkeypatch.setattr(extraction, "encode_images", encode)
+    monkeypatch.setattr(extraction, "encode_views", encode)
     params = {"encoder": "efficientnet_lite0", "weights": "imagenet", "output": "pooled", "batch_size": 2,
               "precision": "float32"}
     with pytest.raises(CaptionerError, match=r"1 feature rows hold NaN or infinite values: row 1 \(b.jpg\) "
