@@ -2,7 +2,7 @@
 
 One repo is built per module: `dvc repro` from scratch, then param changes, a second ensemble member,
 `dvc metrics diff`, `dvc exp run`, and push / fresh clone / pull / predict. Tiny settings come in through
-params.yaml only; the pipeline trains one member, seed 42 (stages train@42 and finetune@42).
+params.yaml only, one member among them: seed 42 (stages train@42 and finetune@42).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from conftest import copy_project
 
 BIN = Path(sys.executable).parent
 TINY = {
+    "members": [42],
     "data": {"sample_images": 40},
     "features": {"batch_size": 16},
     "train": {"embedding_dim": 16, "units": 32, "epochs": 3, "batch_size": 32, "patience": 5, "max_minutes": 2,
@@ -53,7 +54,10 @@ def status_stages(output: str) -> set[str]:
 def edit_params(repo: Path, **sections: dict) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for section, values in sections.items():
-        params[section].update(values)
+        if isinstance(values, dict):
+            params[section].update(values)
+        else:
+            params[section] = values
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
