@@ -17,7 +17,7 @@ from conftest import ROOT
 
 pytest.importorskip("dvc")
 
-METRICS = ("metrics/eval.json", "metrics/members/42/train.json", "metrics/members/42/finetune.json")
+METRICS = ("metrics/eval.json", *(f"metrics/members/{seed}/{stage}.json" for seed in (42, 7) for stage in ("train", "finetune")))
 
 
 def run(cwd: Path, *args: str) -> str:
