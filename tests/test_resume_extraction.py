@@ -45,14 +45,15 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def make_project(folder: Path) -> Path:
-    """params.yaml (grid features, batches of 2) and data/raw/Images with 12 images and one broken file."""
+    """params.yaml (grid features of the unmirrored images only, batches of 2) and data/raw/Images with 12 images
+    and one broken file. Resuming with both views: tests/test_flipped_views.py."""
     images = folder / "data" / "raw" / "Images"
     images.mkdir(parents=True)
     for i in range(12):
         save_image(images / f"img_{i:02d}.jpg", 300 + i, size=(64, 48))
     (images / "img_05b.jpg").write_text("not an image")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["features"].update(output="grid", batch_size=2)
+    params["features"].update(output="grid", batch_size=2, flip=False)
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     return folder
 
