@@ -13,11 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import ROOT
 
 pytest.importorskip("dvc")
 
-METRICS = ("metrics/eval.json", *(f"metrics/members/{seed}/{stage}.json" for seed in (42, 7) for stage in ("train", "finetune")))
+MEMBERS = yaml.safe_load((ROOT / "params.yaml").read_text())["members"]
+METRICS = ("metrics/eval.json",
+           *(f"metrics/members/{seed}/{stage}.json" for seed in MEMBERS for stage in ("train", "finetune")))
 
 
 def run(cwd: Path, *args: str) -> str:

@@ -51,7 +51,8 @@ def status_stages(output: str) -> set[str]:
     return set(re.findall(r"^([\w@-]+):$", output, re.M))
 
 
-def edit_params(repo: Path, **sections: dict) -> None:
+def edit_params(repo: Path, **sections: dict | list) -> None:
+    """Merge each section's dict into params.yaml's; a top-level list (`members`) replaces the old one."""
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for section, values in sections.items():
         if isinstance(values, dict):

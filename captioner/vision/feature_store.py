@@ -296,7 +296,7 @@ def prepare_features(features, decoder: str, source: str):
     """
     if isinstance(features, np.ndarray):
         check_finite(source, features, hint="from a damaged encoder or feature file")
-    if getattr(features, "attrs", {}).get("output") == TAIL_OUTPUT and decoder != "attention":
+    if isinstance(features, FeatureReader) and features.attrs.get("output") == TAIL_OUTPUT and decoder != "attention":
         raise CaptionerError(f"{source}: holds {TAIL_OUTPUT} maps, which only the attention decoder takes "
                              f"(set train.decoder: attention, or features.output: grid)")
     if decoder == "attention":
