@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble.add_argument("--out", required=True, metavar="DIR", help="the ensemble bundle folder to write")
     ensemble.add_argument("--no-litert", dest="litert", action="store_false",
                           help="leave out captioner.tflite (the LiteRT runtime's file)")
+    ensemble.add_argument("--length-alpha", type=float, metavar="ALPHA",
+                          help="rank finished beams by log p / length^ALPHA (default: the first member's)")
     return parser
 
 
@@ -158,7 +160,9 @@ def run_ensemble(args: argparse.Namespace) -> int:
     """Write an ensemble bundle of the member bundles (their configs checked before TensorFlow loads); one line."""
     from captioner.model.ensemble import assemble
 
-    config = assemble(args.members, args.out, litert=args.litert)
+    if args.length_alpha is not None and not 0 <= args.length_alpha <= 10:
+        raise CaptionerError(f"--length-alpha must be between 0 and 10, got {args.length_alpha}")
+    config = assemble(args.members, args.out, litert=args.litert, length_alpha=args.length_alpha)
     what = f"an ensemble of {len(args.members)}" if len(args.members) > 1 else "one"
     lite = ", with captioner.tflite" if args.litert else ""
     print(f"wrote {printable(args.out)}: {what} {config['decoder']['kind']} decoder"

@@ -39,6 +39,8 @@ def tail_spec(**changes) -> DecoderSpec:
 def test_stage6_shapes_and_encoders_without_a_tail():
     assert output_shape(LITE0, "stage6") == (7, 7, 192)
     assert output_shape("efficientnet_lite2", "stage6") == (9, 9, 208)
+    assert output_shape(LITE0, "stage5") == (14, 14, 112)
+    assert output_shape("efficientnet_lite2", "stage5") == (17, 17, 120)  # 260 px: 130, 65, 33, 17, then 9
     assert output_shape(LITE0, "grid") == (7, 7, 1280)
     with pytest.raises(CaptionerError, match="stage6 needs an EfficientNet-Lite encoder"):
         build_encoder("vgg16", "imagenet", "stage6")
@@ -55,27 +57,28 @@ def test_stage6_with_inject_or_merge_is_a_one_line_params_error(tmp_path):
         load_params(path)
 
 
-def test_tail_at_imagenet_weights_gives_the_grid_the_decoder_saw_before():
-    """The numerical contract: stage6 features through the untrained tail are the `grid` output, and the decoder's
-    image side (init: state and context) is that of a grid decoder with the same weights."""
+@pytest.mark.parametrize("output", ["stage6", "stage5"])
+def test_tail_at_imagenet_weights_gives_the_grid_the_decoder_saw_before(output):
+    """The numerical contract: stage6 (or stage5) maps through the untrained tail are the `grid` output, and the
+    decoder's image side (init: state and context) is that of a grid decoder with the same weights."""
     image = cat_batch()
-    stage6 = build_encoder(LITE0, "imagenet", "stage6").predict_on_batch(image)
+    maps = build_encoder(LITE0, "imagenet", output).predict_on_batch(image)
     grid = build_encoder(LITE0, "imagenet", "grid").predict_on_batch(image)
-    model = build_decoder(tail_spec())
+    model = build_decoder(tail_spec(feature_shape=output_shape(LITE0, output)))
     start_tail(model, IMAGENET, "test")
-    np.testing.assert_allclose(model.get_layer(TAIL_MODEL).predict_on_batch(stage6), grid, rtol=1e-5, atol=1e-5)
-    bf16 = build_encoder(LITE0, "imagenet", "stage6", "bfloat16").predict_on_batch(image)  # features.precision
-    assert bf16.dtype == np.float32 and bf16.shape == stage6.shape
-    cosine = (bf16 * stage6).sum() / np.sqrt((bf16 * bf16).sum() * (stage6 * stage6).sum())
+    np.testing.assert_allclose(model.get_layer(TAIL_MODEL).predict_on_batch(maps), grid, rtol=1e-5, atol=1e-5)
+    bf16 = build_encoder(LITE0, "imagenet", output, "bfloat16").predict_on_batch(image)  # features.precision
+    assert bf16.dtype == np.float32 and bf16.shape == maps.shape
+    cosine = (bf16 * maps).sum() / np.sqrt((bf16 * bf16).sum() * (maps * maps).sum())
     assert cosine > 0.99
-    stored = stage6.astype(np.float16).astype(np.float32)  # as the feature file keeps it
+    stored = maps.astype(np.float16).astype(np.float32)  # as the feature file keeps it
     np.testing.assert_allclose(model.get_layer(TAIL_MODEL).predict_on_batch(stored), grid, atol=5e-3)
 
     plain = build_decoder(tail_spec(tail=None, feature_shape=(7, 7, 1280)))
     for layer in plain.layers:
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
-    with_tail, without = step_models(model).init.predict_on_batch(stage6), step_models(plain).init.predict_on_batch(grid)
+    with_tail, without = step_models(model).init.predict_on_batch(maps), step_models(plain).init.predict_on_batch(grid)
     for a, b in zip(with_tail, without):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
@@ -246,3 +249,45 @@ def test_two_devices_train_the_tail(pipeline):
     start_tail(imagenet, IMAGENET, "test")
     moved = [np.abs(a - b).max() for a, b in zip(tail_weights(root / "two"), imagenet.get_layer(TAIL_MODEL).get_weights())]
     assert 0 < max(moved) < 0.1  # at most 2 epochs of 3 steps at 0.003: moved, and by about that much
+
+
+def test_a_stage5_bundle_gives_the_extracted_maps_and_captions_alike_on_keras_and_litert(tmp_path):
+    """features.output stage5: extraction stops after stage 5 (14x14x112) and the decoder runs stages 6-7 and the head
+    (2.7 M weights, ImageNet at the start); the bundle's encoder gives the maps extraction stored, and LiteRT agrees."""
+    from captioner import Captioner
+    from captioner.data.text import END_ID, Vocabulary
+    from captioner.model.bundle import make_config, save_bundle
+    from captioner.vision.feature_store import load_features
+    from captioner.vision.features import run_extraction
+
+    (tmp_path / "Images").mkdir()
+    photos = [make_photo(tmp_path / "Images" / f"{i}.jpg", seed=i) for i in range(3)]
+    run_extraction(tmp_path / "Images", tmp_path / "features",
+                   {"encoder": LITE0, "weights": "imagenet", "output": "stage5", "batch_size": 8, "precision": "float32"})
+    names, stored, _ = load_features(tmp_path / "features/features.h5")
+    vocab = Vocabulary.build(["a red circle on grass", "a blue square on a white table"], min_count=1,
+                             max_length_percentile=100)
+    keras.utils.set_random_seed(0)
+    model = build_decoder(tail_spec(vocab_size=len(vocab), feature_shape=tuple(stored.shape[1:])))
+    start_tail(model, IMAGENET, "test")
+    kernel, bias = model.get_layer("logits").get_weights()
+    bias[END_ID] = -4.0  # <end> later, so captions have a few words
+    model.get_layer("logits").set_weights([kernel * 6, bias])
+    decoder = {"kind": "attention", "vocab_size": len(vocab), "embedding_dim": 8, "units": 16, "dropout": 0.0,
+               "heads": 2, "tail": LITE0}
+    config = make_config({"name": LITE0, "weights": "imagenet", "input_size": 224, "output": "stage5"},
+                         stored.shape[1:], decoder, {"beam_size": 3, "max_length": vocab.max_length, "length_alpha": 1.0})
+    save_bundle(tmp_path / "bundle", model, vocab, config, build_encoder(LITE0, "imagenet", "stage5"))
+
+    by_keras, lite = (Captioner.load(tmp_path / "bundle", runtime=r) for r in ("keras", "litert"))
+    encoded = by_keras.encode(photos)
+    assert encoded.shape == (3, 14, 14, 112)
+    one_step = dict(rtol=1e-3, atol=1e-2)  # float16 storage
+    np.testing.assert_allclose(encoded.astype(np.float32), stored[[names.index(p.name) for p in photos]], **one_step)
+    np.testing.assert_allclose(lite.encode(photos).astype(np.float32), encoded.astype(np.float32), **one_step)
+    keras_captions, lite_captions = by_keras.caption(photos), lite.caption(photos)
+    assert [c.caption for c in lite_captions] == [c.caption for c in keras_captions]
+    assert all(c.words for c in keras_captions)
+    for a, b in zip(lite_captions, keras_captions):
+        assert a.log_prob == pytest.approx(b.log_prob, abs=1e-3)
+        assert a.attention.shape == (len(a.words), 7, 7)  # attention over the tail's output grid, not the 14x14 map

@@ -186,17 +186,28 @@ def test_one_member_keeps_its_own_litert_file_byte_for_byte(tmp_path, litert):
     assert copied == own
 
 
-def test_the_assemble_stage_takes_the_members_seeds_in_order(tmp_path):
+def test_the_assemble_stage_takes_the_members_seeds_in_order_and_its_length_alpha(tmp_path):
+    from captioner.serving.api import Captioner
+
     for seed in (7, 3):
         member_bundle(tmp_path / "members" / str(seed), seed=seed)
-    params = {"members": [7, 3], "scst": {"litert": False}}
+    params = {"members": [7, 3], "scst": {"litert": False}, "assemble": {"length_alpha": 0.5}}
     config = assemble_members(params, tmp_path / "members", tmp_path / "bundle")
     assert config["members"] == ["decoder.keras", "decoder_2.keras"]
+    assert read_config(tmp_path / "bundle")["decoding"]["length_alpha"] == 0.5  # members were trained with 1.0
     for name, seed in (("decoder.keras", 7), ("decoder_2.keras", 3)):
         member_file = tmp_path / "members" / str(seed) / "decoder.keras"
         assert (tmp_path / "bundle" / name).read_bytes() == member_file.read_bytes()
     assemble_members({**params, "members": [3]}, tmp_path / "members", tmp_path / "bundle")
     assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == ["config.json", "decoder.keras", "vocab.json"]
+    alone = read_config(tmp_path / "bundle")
+    assert alone["decoding"]["length_alpha"] == 0.5 and alone == {**read_config(tmp_path / "members" / "3"),
+                                                                  "decoding": alone["decoding"]}
+    feats = features("attention")
+    bundle, member = (Captioner(load_bundle(d), compiled=False) for d in (tmp_path / "bundle", tmp_path / "members/3"))
+    ranked = [(c.caption, c.score) for c in bundle.caption_features(feats)]  # score: log p / length**alpha
+    assert ranked == [(c.caption, c.score) for c in member.caption_features(feats, length_alpha=0.5)]
+    assert ranked != [(c.caption, c.score) for c in member.caption_features(feats)]
     with pytest.raises(CaptionerError, match=r"members/5: no bundle of member 5 \(its stages: dvc repro finetune@5\)$"):
         assemble_members({**params, "members": [7, 5]}, tmp_path / "members", tmp_path / "bundle")
 
@@ -282,8 +293,12 @@ def photo_ensemble(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ensemble")
     members = [str(make_bundle(tmp / f"m{i}", seed=i)) for i in range(2)]
     with pytest.raises(SystemExit) as done:
-        main(["ensemble", *members, "--out", str(tmp / "ens")])
+        main(["ensemble", *members, "--out", str(tmp / "ens"), "--length-alpha", "0.5"])
     assert done.value.code == 0 and (tmp / "ens/captioner.tflite").is_file()
+    assert read_config(tmp / "ens")["decoding"]["length_alpha"] == 0.5  # both runtimes below rank with it
+    with pytest.raises(SystemExit) as refused:
+        main(["ensemble", *members, "--out", str(tmp / "bad"), "--length-alpha", "-1"])
+    assert refused.value.code != 0 and not (tmp / "bad").exists()
     return {"bundle": tmp / "ens", "members": members, "photo": make_photo(tmp / "photo.jpg"), "tmp": tmp}
 
 

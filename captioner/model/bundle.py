@@ -23,7 +23,7 @@ from captioner.core.errors import CaptionerError
 from captioner.core.jsonfile import read_json
 from captioner.core.schema import Field, check, choice, integer, number, quote, text
 from captioner.data.text import MAX_LENGTH, RESERVED, Vocabulary
-from captioner.vision.encoders import ENCODERS, TAIL_OUTPUT, find_spec, output_shape
+from captioner.vision.encoders import ENCODERS, TAIL_OUTPUTS, find_spec, output_shape
 
 MODEL_FILE = "decoder.keras"
 WEIGHTS_ENTRY = "model.weights.h5"  # the weights inside a .keras zip
@@ -49,7 +49,7 @@ CONFIG_FIELDS: dict[str, Field] = {
     "encoder.weights_id": text(None, nullable=True),
     "encoder.input_size": integer(None, 1, MAX_INPUT_SIZE),
     "encoder.preprocessing": text(None, nullable=True),
-    "encoder.output": choice("grid", "grid", "pooled", TAIL_OUTPUT),
+    "encoder.output": choice("grid", "grid", "pooled", *TAIL_OUTPUTS),
     "feature_shape": Field("list"),
     "decoder.kind": choice("attention", "attention", "inject", "merge"),
     "decoder.embedding_dim": integer(None, 1, 65536),
@@ -193,11 +193,11 @@ def _check_config(path: Path, config: dict[str, Any]) -> None:
         raise CaptionerError(f"{path}: 'feature_shape' {shape} does not fit encoder output "
                              f"{config['encoder']['output']!r} ({dims} dimensions)")
     tail = config["decoder"].get("tail")
-    needed = config["encoder"]["name"] if config["encoder"]["output"] == TAIL_OUTPUT else None
+    needed = config["encoder"]["name"] if config["encoder"]["output"] in TAIL_OUTPUTS else None
     if tail != needed:
         raise CaptionerError(f"{path}: 'decoder.tail' is {quote(tail)} but encoder output "
-                             f"{config['encoder']['output']!r} needs {quote(needed)} "
-                             f"(the decoder runs the encoder's last stage exactly when the features are {TAIL_OUTPUT})")
+                             f"{config['encoder']['output']!r} needs {quote(needed)} (the decoder runs the encoder's "
+                             f"last stages exactly when the features are {' or '.join(TAIL_OUTPUTS)})")
     _check_encoder(path, config)
 
 

@@ -23,7 +23,7 @@ from keras import layers, ops
 
 from captioner.core.errors import CaptionerError
 from captioner.data.text import END_ID, PAD_ID
-from captioner.vision.efficientnet_lite import TAIL_MODEL, VARIANTS, build_tail
+from captioner.vision.efficientnet_lite import TAIL_MODEL, VARIANTS, build_tail, tail_stage
 
 DECODERS = ("merge", "inject", "attention")
 _PACKAGE = "captioner"
@@ -180,7 +180,7 @@ class DecoderSpec:
     dropout: float
     heads: int = 8  # attention heads (attention decoder only)
     output_units: int | None = None  # width of the layer before the logits (merge, attention); None = units
-    tail: str | None = None  # attention: the EfficientNet-Lite whose last stage + head run on stage6 features first
+    tail: str | None = None  # attention: the EfficientNet-Lite whose stages after 5 or 6 (by the channels) run first
 
 
 def decoder_input_shape(kind: str, feature_shape: Sequence[int]) -> tuple[int, ...]:
@@ -224,8 +224,8 @@ def _make_layers(spec: DecoderSpec, dtype: str) -> dict[str, layers.Layer]:
     elif spec.kind == "attention":
         h, w, channels = spec.feature_shape
         if spec.tail:
-            made[TAIL_MODEL] = _tail(spec.tail, (h, w), dtype)
-            channels = int(made[TAIL_MODEL].output.shape[-1])
+            made[TAIL_MODEL] = _tail(spec.tail, (h, w, channels), dtype)
+            h, w, channels = (int(d) for d in made[TAIL_MODEL].output.shape[1:])
         made["flatten_grid"] = layers.Reshape((h * w, channels), name="flatten_grid", dtype=dtype)
         made["grid_values"] = layers.Dense(u, activation="relu", name="grid_values", dtype=dtype)
         made["grid_keys"] = layers.Dense(u, use_bias=False, name="grid_keys", dtype=dtype)
@@ -242,14 +242,14 @@ def _make_layers(spec: DecoderSpec, dtype: str) -> dict[str, layers.Layer]:
     return made
 
 
-def _tail(encoder: str, grid: tuple[int, int], dtype: str) -> keras.Model:
-    """The encoder's last stage and head (random weights, `dtype` policy): stage6 features -> the grid."""
+def _tail(encoder: str, shape: tuple[int, int, int], dtype: str) -> keras.Model:
+    """The encoder's stages after the one whose map has `shape` and its head (random weights, `dtype`) -> the grid."""
     if encoder not in VARIANTS:
         raise ValueError(f"decoder tail {encoder!r} is not an EfficientNet-Lite (known: {', '.join(VARIANTS)})")
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(dtype)
     try:
-        return build_tail(encoder, grid)
+        return build_tail(encoder, shape[:2], tail_stage(encoder, shape[2]))
     finally:
         keras.config.set_dtype_policy(previous)
 

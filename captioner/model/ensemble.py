@@ -3,7 +3,8 @@
 `assemble` checks that member bundles agree (vocabulary, encoder, feature shape, decoder kind) and writes an
 ensemble bundle (format 2, see `bundle.py`): the members' decoder.keras files copied byte for byte, member 1's
 vocabulary and config with `members` added, and optionally a captioner.tflite whose `init`/`step` run every
-member (`decoders.ensemble_step_models`). One member gives its bundle's files byte for byte. Decoding averages
+member (`decoders.ensemble_step_models`). One member gives its bundle's files byte for byte (config.json too unless
+another `length_alpha` is set). Decoding averages
 the members' per-word probabilities inside the same batched beam search (`CaptionDecoder` and `LiteDecoder` need
 nothing else). `assemble_members` is the pipeline's `assemble` stage: the bundles of the seeds in params.yaml's
 `members`, one folder per seed.
@@ -28,12 +29,13 @@ from captioner.model.litert import LITERT_FILE, litert_bytes
 
 
 def assemble(member_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
-             litert: bool = True) -> dict[str, Any]:
+             litert: bool = True, length_alpha: float | None = None) -> dict[str, Any]:
     """Write an ensemble bundle of the bundles in `member_dirs` to `out_dir` (replaced atomically); return its config.
 
     With `litert`, also captioner.tflite (the bundle's encoder and the ensemble's decoding graphs). One member gives
-    a copy of it in the single-decoder format, byte for byte (its own captioner.tflite too, when it has one). Members
-    that disagree are a one-line error naming the member.
+    a copy of it in the single-decoder format, byte for byte but for that alpha (its own captioner.tflite too). Members
+    that disagree are a one-line error naming the member. `length_alpha` (None: member 1's) is written into the
+    bundle's `decoding.length_alpha`, which ranks finished beams wherever the bundle captions.
     """
     dirs = [Path(d) for d in member_dirs]
     out = Path(out_dir)
@@ -53,6 +55,8 @@ def assemble(member_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.Pa
     # TensorFlow: its config and vocabulary are checked above, its decoder when the copy is loaded.
     models = [load_bundle(d).model for d in dirs] if convert or len(dirs) > 1 else []
     config = ensemble_config(configs[0], len(dirs))
+    if length_alpha is not None:
+        config = {**config, "decoding": {**config["decoding"], "length_alpha": float(length_alpha)}}
     encoder = _encoder(configs[0]) if convert else None
     with atomic_dir(out) as tmp:
         for directory, name in zip(dirs, member_files(config)):
@@ -69,12 +73,13 @@ def assemble(member_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.Pa
 def assemble_members(params: dict[str, Any], members_dir: str | os.PathLike[str],
                      out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The pipeline's bundle in `out_dir`: the bundles `members_dir`/SEED of params' `members`, in that order, assembled
-    (with captioner.tflite when `scst.litert`); return its config. A missing member is a one-line error."""
+    (with captioner.tflite when `scst.litert`, decoding with `assemble.length_alpha`); return its config. A missing
+    member is a one-line error."""
     dirs = [Path(members_dir) / str(seed) for seed in params["members"]]
     for seed, directory in zip(params["members"], dirs):
         if not (directory / CONFIG_FILE).is_file():
             raise CaptionerError(f"{directory}: no bundle of member {seed} (its stages: dvc repro finetune@{seed})")
-    return assemble(dirs, out_dir, litert=params["scst"]["litert"])
+    return assemble(dirs, out_dir, litert=params["scst"]["litert"], length_alpha=params["assemble"]["length_alpha"])
 
 
 def _check_places(dirs: list[Path], out: Path) -> None:

@@ -1,4 +1,4 @@
-"""The fine-tuned encoder tail: stage6 features go through EfficientNet-Lite's last stage and head inside the decoder.
+"""The fine-tuned encoder tail: stage6 (or stage5) maps run through EfficientNet-Lite's last stages inside the decoder.
 
 `start_tail` copies the ImageNet weights (those the feature file was extracted with) into the decoder's tail;
 `TailAdam` trains the tail's variables at their own learning rate, a factor of the decoder's that

@@ -134,7 +134,11 @@ class Captioner:
     @property
     def grid_shape(self) -> tuple[int, int] | None:
         """(h, w) of the attention maps, or None for decoders without attention."""
+        from captioner.vision.encoders import output_shape
+
         shape = self.bundle.feature_shape
+        if self.config["decoder"].get("tail"):  # the tail ends where the encoder does: its grid
+            shape = output_shape(self.config["encoder"]["name"], "grid")
         return (shape[0], shape[1]) if self._decoder.attention else None
 
     def describe(self) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Architecture as in the TensorFlow reference (and the PyTorch port the weights co
 blocks without squeeze-excite, ReLU6, stem 32 and head 1280 channels not scaled, BatchNorm eps 1e-3,
 TF "same" padding (the port pads stride-2 convs asymmetrically, pad_total // 2 before and the rest
 after, exactly like Keras "same"), input RGB 0-255 normalized as (x - 127) / 128 inside the model.
-The models run in inference mode (`build_tail`'s last stage is fine-tuned so, with frozen statistics): each
+The models run in inference mode (`build_tail`'s last stages are fine-tuned so, with frozen statistics): each
 BatchNorm is folded into its conv's kernel and bias, which lets TensorFlow fuse conv + bias + ReLU6 instead of
 running BatchNorm as separate elementwise ops.
 The converted weights are cached as a Keras `.weights.h5` file keyed by the source file's hash.
@@ -32,7 +32,7 @@ BN_EPSILON = 1e-3
 CACHE_FORMAT = 2  # bump when the converted layout changes, so stale cache files are not loaded
 STEM_FILTERS = 32
 HEAD_FILTERS = 1280
-TAIL_STAGE = 6  # features.output stage6 stores this stage's output; the stages after it and the head form the tail
+TAIL_STAGES = (5, 6)  # features.output stageN stores stage N's output; the stages after it and the head form the tail
 TAIL_MODEL = "encoder_tail"  # the tail's name inside a decoder
 # Stages of the Lite0 baseline: (repeats, kernel, stride, expand ratio, input filters, output filters).
 BASE_STAGES = (
@@ -152,26 +152,38 @@ def _build(variant: Variant) -> tuple[keras.Model, dict[str, tuple[str, ...]]]:
     return keras.Model(inputs, outputs, name=variant.name), mapping
 
 
-def _tail_first_block(stages: list[tuple[int, int, int, int, int, int]]) -> int:
-    """The number of the first block after stage TAIL_STAGE (blocks count from 0 over all stages)."""
-    return sum(repeats for repeats, *_ in stages[:TAIL_STAGE])
+def _tail_first_block(stages: list[tuple[int, int, int, int, int, int]], stage: int) -> int:
+    """The number of the first block after stage `stage` (blocks count from 0 over all stages)."""
+    return sum(repeats for repeats, *_ in stages[:stage])
 
 
-def tail_input_layer(name: str) -> str:
-    """The layer whose input is the output of stage TAIL_STAGE: the first layer of the last stage's first block."""
+def tail_input_layer(name: str, stage: int) -> str:
+    """The layer whose input is the output of stage `stage`: the first layer of the next stage's first block."""
     stages = _stages(VARIANTS[name])
-    first_block = _tail_first_block(stages)
-    expand = stages[TAIL_STAGE][3]
+    first_block = _tail_first_block(stages, stage)
+    expand = stages[stage][3]
     return f"block{first_block}_expand_conv" if expand != 1 else f"block{first_block}_dw_conv"
 
 
-def tail_input_channels(name: str) -> int:
-    """Channels of the output of stage TAIL_STAGE (192 for Lite0)."""
-    return _stages(VARIANTS[name])[TAIL_STAGE][4]
+def stage_output_shape(name: str, stage: int) -> tuple[int, int, int]:
+    """(h, w, channels) of stage `stage`'s output at the variant's input size (7x7x192 for Lite0's stage 6)."""
+    stages = _stages(VARIANTS[name])
+    size = math.ceil(VARIANTS[name].input_size / 2)  # the stem's stride; "same" padding rounds up
+    for _, _, stride, *_ in stages[:stage]:
+        size = math.ceil(size / stride)
+    return size, size, stages[stage - 1][5]
 
 
-def build_tail(name: str, grid: tuple[int, int]) -> keras.Model:
-    """The stages after TAIL_STAGE and the 1x1 head as a model: (h, w, tail_input_channels) -> (h, w, 1280) ReLU6.
+def tail_stage(name: str, channels: int) -> int:
+    """The stage in TAIL_STAGES whose output has `channels` channels: where a tail on such features starts."""
+    for stage in TAIL_STAGES:
+        if stage_output_shape(name, stage)[2] == channels:
+            return stage
+    raise ValueError(f"{name} has no stage in {TAIL_STAGES} with {channels} output channels")
+
+
+def build_tail(name: str, grid: tuple[int, int], stage: int) -> keras.Model:
+    """The stages after `stage` and the 1x1 head as a model: (h, w, stage's channels) -> (h / s, w / s, 1280) ReLU6.
 
     Layers are named as in the classifier (weights copy over by name) and built under the current dtype policy;
     weights start random (see `copy_tail_weights`).
@@ -179,8 +191,8 @@ def build_tail(name: str, grid: tuple[int, int]) -> keras.Model:
     import keras
 
     stages = _stages(VARIANTS[name])
-    inputs = keras.Input((*grid, tail_input_channels(name)), name="stage_features")
-    x = _blocks(inputs, stages[TAIL_STAGE:], _tail_first_block(stages), {})
+    inputs = keras.Input((*grid, stage_output_shape(name, stage)[2]), name="stage_features")
+    x = _blocks(inputs, stages[stage:], _tail_first_block(stages, stage), {})
     x = _conv(x, HEAD_FILTERS, 1, 1, "head", "_conv_head", "_bn1", {})
     return keras.Model(inputs, x, name=TAIL_MODEL)
 

@@ -2,9 +2,10 @@
 
 Every encoder takes a float32 batch of RGB 0-255 images already resized to `input_size` and does its
 own preprocessing, so extraction and `captioner predict` feed it the same pixels. `pooled` gives one
-vector per image, `grid` the last spatial feature map (for attention decoders), `stage6` (EfficientNet-Lite only)
-the map before the last stage, whose remaining layers the train stage fine-tunes (docs/encoder-tail.md). Weights come from
-`features.weights`: `imagenet`, a local weights file, or `none` (random, tests only).
+vector per image, `grid` the last spatial feature map (for attention decoders), `stage6` or `stage5`
+(EfficientNet-Lite only) the map after that stage, whose remaining layers the train stage fine-tunes
+(docs/encoder-tail.md). Weights come from `features.weights`: `imagenet`, a local weights file, or `none`
+(random, tests only).
 
 A fused encoder is named by its members joined with `+` (`efficientnet_lite0+efficientnet_lite2`): one model
 whose input is its largest member's size, resized inside the model (antialiased) for the smaller members;
@@ -25,8 +26,8 @@ from captioner.core.errors import CaptionerError
 if TYPE_CHECKING:
     import keras
 
-OUTPUTS = ("pooled", "grid", "stage6")
-TAIL_OUTPUT = "stage6"  # the output whose tail (last stage + head) runs, trainable, in the decoder
+TAIL_OUTPUTS = {"stage6": 6, "stage5": 5}  # output -> the stage it stops after; the rest (the tail) trains in decoders
+OUTPUTS = ("pooled", "grid", *TAIL_OUTPUTS)
 FUSE = "+"  # joins the member names of a fused encoder
 # Mean pixel (BGR) that Keras' "caffe" preprocessing subtracts after swapping RGB to BGR.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -83,28 +84,28 @@ def get_spec(name: str) -> EncoderSpec:
 
 
 def output_shape(name: str, output: str) -> tuple[int, ...]:
-    """One image's feature shape from encoder `name`: pooled (C,), grid (h, w, C) or stage6 (h, w, c)."""
+    """One image's feature shape from encoder `name`: pooled (C,), grid (h, w, C) or a stage's map (h, w, c)."""
     spec = get_spec(name)
     if output == "pooled":
         return (spec.pooled_dim,)
-    if output == TAIL_OUTPUT:
-        return (*spec.grid_shape[:2], tail_channels(spec))
+    if output in TAIL_OUTPUTS:
+        return tail_input_shape(spec, output)
     return tuple(spec.grid_shape)
 
 
 def tail_encoder(meta: dict) -> str | None:
-    """The encoder whose tail a decoder runs on a feature file (its meta.json `meta`): its encoder for stage6 maps."""
-    return meta.get("encoder") if meta.get("output") == TAIL_OUTPUT else None
+    """The encoder whose tail a decoder runs on a feature file (its meta.json `meta`): its encoder for stage maps."""
+    return meta.get("encoder") if meta.get("output") in TAIL_OUTPUTS else None
 
 
-def tail_channels(spec: EncoderSpec) -> int:
-    """Channels of the encoder's stage6 map; an encoder without a fine-tunable tail is a CaptionerError."""
+def tail_input_shape(spec: EncoderSpec, output: str) -> tuple[int, int, int]:
+    """The encoder's map after the stage `output` names; an encoder without a fine-tunable tail is a CaptionerError."""
     from captioner.vision import efficientnet_lite
 
     if spec.is_keras_application or spec.name not in efficientnet_lite.VARIANTS:
-        raise CaptionerError(f"features.output: {TAIL_OUTPUT} needs an EfficientNet-Lite encoder "
+        raise CaptionerError(f"features.output: {output} needs an EfficientNet-Lite encoder "
                              f"({', '.join(efficientnet_lite.VARIANTS)}), not {spec.name}")
-    return efficientnet_lite.tail_input_channels(spec.name)
+    return efficientnet_lite.stage_output_shape(spec.name, TAIL_OUTPUTS[output])
 
 
 def find_spec(name: str) -> EncoderSpec | None:
@@ -216,13 +217,13 @@ def _keras_application(spec: EncoderSpec, weights: str, output: str) -> keras.Mo
 
 
 def _efficientnet_lite(spec: EncoderSpec, weights: str, output: str) -> keras.Model:
-    """EfficientNet-Lite trunk up to the pooled vector, the head activation grid or the input of the last stage."""
+    """EfficientNet-Lite trunk up to the pooled vector, the head activation grid or the output of stage 5 or 6."""
     import keras
 
     from captioner.vision import efficientnet_lite
     classifier = efficientnet_lite.build_classifier(spec.name, weights)
-    if output == TAIL_OUTPUT:
-        endpoint = classifier.get_layer(efficientnet_lite.tail_input_layer(spec.name)).input
+    if output in TAIL_OUTPUTS:
+        endpoint = classifier.get_layer(efficientnet_lite.tail_input_layer(spec.name, TAIL_OUTPUTS[output])).input
     else:
         endpoint = classifier.get_layer("avg_pool" if output == "pooled" else "head_relu").output
     return keras.Model(classifier.input, endpoint, name=f"{spec.name}_{output}")
@@ -271,8 +272,8 @@ def build_encoder(name: str, weights: str, output: str, precision: str = "float3
     spec = get_spec(name)
     if output not in OUTPUTS:
         raise CaptionerError(f"features.output: unknown output '{output}' (known: {', '.join(OUTPUTS)})")
-    if output == TAIL_OUTPUT:
-        tail_channels(spec)
+    if output in TAIL_OUTPUTS:
+        tail_input_shape(spec, output)
     _check_weights(weights, spec)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(keras_policy(precision))

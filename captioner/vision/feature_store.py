@@ -22,7 +22,7 @@ import numpy as np
 
 from captioner.core.atomic import atomic_path
 from captioner.core.errors import CaptionerError
-from captioner.vision.encoders import TAIL_OUTPUT
+from captioner.vision.encoders import TAIL_OUTPUTS
 
 FEATURES_FILE = "features.h5"
 FEATURES, FLIPPED = "features", "flipped"  # the datasets of the images as they are and mirrored left-right
@@ -289,15 +289,16 @@ def pool_grid(features: np.ndarray) -> np.ndarray:
 
 def prepare_features(features, decoder: str, source: str):
     """Features in the form a decoder takes: grids pooled for merge/inject; attention refuses pooled vectors, and
-    only attention takes a file of stage6 maps (its decoder runs the encoder's last stage on them).
+    only attention takes a file of stage6 or stage5 maps (its decoder runs the encoder's last stages on them).
 
     `features` is an array or a FeatureReader (rows read per batch; its numbers were checked when it opened);
     a reader's grids are pooled as rows are read. An array with a NaN or an infinity is a CaptionerError.
     """
     if isinstance(features, np.ndarray):
         check_finite(source, features, hint="from a damaged encoder or feature file")
-    if isinstance(features, FeatureReader) and features.attrs.get("output") == TAIL_OUTPUT and decoder != "attention":
-        raise CaptionerError(f"{source}: holds {TAIL_OUTPUT} maps, which only the attention decoder takes "
+    output = features.attrs.get("output") if isinstance(features, FeatureReader) else None
+    if output in TAIL_OUTPUTS and decoder != "attention":
+        raise CaptionerError(f"{source}: holds {output} maps, which only the attention decoder takes "
                              f"(set train.decoder: attention, or features.output: grid)")
     if decoder == "attention":
         if len(features.shape) != 4:
