@@ -160,8 +160,6 @@ def run_ensemble(args: argparse.Namespace) -> int:
     """Write an ensemble bundle of the member bundles (their configs checked before TensorFlow loads); one line."""
     from captioner.model.ensemble import assemble
 
-    if args.length_alpha is not None and not 0 <= args.length_alpha <= 10:
-        raise CaptionerError(f"--length-alpha must be between 0 and 10, got {args.length_alpha}")
     config = assemble(args.members, args.out, litert=args.litert, length_alpha=args.length_alpha)
     what = f"an ensemble of {len(args.members)}" if len(args.members) > 1 else "one"
     lite = ", with captioner.tflite" if args.litert else ""

@@ -9,25 +9,30 @@ from PIL import Image
 
 
 def make_bundle(path: Path, kind: str = "attention", weights: str = "imagenet", litert: bool = False,
-                seed: int = 0) -> Path:
+                seed: int = 0, output: str = "grid") -> Path:
     """Save a bundle whose decoder (`attention` on the 7x7 grid, or `merge` on pooled vectors) is untrained.
 
     With the real encoder weights the attention maps differ from cell to cell (random weights give flat maps).
     `litert` also writes captioner.tflite (encoder + decoder for the LiteRT runtime), as the train stage does;
-    `seed` draws other decoder weights (ensemble members).
+    `seed` draws other decoder weights (ensemble members); `output` stage6 or stage5 gives the attention decoder
+    the encoder's tail at its ImageNet weights.
     """
     import keras
 
     from captioner.model.bundle import make_config, save_bundle
-    from captioner.vision.encoders import build_encoder
+    from captioner.model.tail import start_tail
+    from captioner.vision.encoders import TAIL_OUTPUTS, build_encoder, output_shape
     from captioner.model.decoders import DecoderSpec, build_decoder
     from captioner.data.text import END_ID, Vocabulary
 
     keras.utils.set_random_seed(seed)
     vocab = Vocabulary.build(["a red circle on grass", "a blue square on a white table"], min_count=1,
                              max_length_percentile=100)
-    output, shape = ("grid", (7, 7, 1280)) if kind == "attention" else ("pooled", (1280,))
-    model = build_decoder(DecoderSpec(kind, len(vocab), shape, 8, 16, 0.0))
+    output = output if kind == "attention" else "pooled"
+    shape, tail = output_shape("efficientnet_lite0", output), "efficientnet_lite0" if output in TAIL_OUTPUTS else None
+    model = build_decoder(DecoderSpec(kind, len(vocab), shape, 8, 16, 0.0, tail=tail))
+    if tail:
+        start_tail(model, {"encoder": tail, "weights": weights}, "make_bundle")
     logits = model.get_layer("logits")  # sharper preferences than the random init, so captions have words
     kernel, bias = logits.get_weights()
     bias[END_ID] = -4.0  # <end> later, so captions have a few words
@@ -39,7 +44,8 @@ def make_bundle(path: Path, kind: str = "attention", weights: str = "imagenet", 
     config = make_config(
         {"name": "efficientnet_lite0", "weights": weights, "input_size": 224, "output": output},
         shape,
-        {"kind": kind, "embedding_dim": 8, "units": 16, "dropout": 0.0, "vocab_size": len(vocab)},
+        {"kind": kind, "embedding_dim": 8, "units": 16, "dropout": 0.0, "vocab_size": len(vocab),
+         **({"tail": tail} if tail else {})},
         {"beam_size": 3, "max_length": vocab.max_length, "length_alpha": 1.0},
     )
     encoder = build_encoder("efficientnet_lite0", weights, output) if litert else None

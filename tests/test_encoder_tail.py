@@ -17,7 +17,8 @@ from captioner.core.errors import CaptionerError
 from captioner.model.decoders import DecoderSpec, build_decoder, step_models
 from captioner.model.tail import TailAdam, TailSchedule, start_tail, tail_paths
 from captioner.vision.efficientnet_lite import TAIL_MODEL
-from captioner.vision.encoders import build_encoder, output_shape
+from captioner.core.params import SETTINGS
+from captioner.vision.encoders import TAIL_OUTPUTS, build_encoder, output_shape
 from helpers_bundle import make_photo
 from helpers_model import make_dataset, small_params
 
@@ -40,6 +41,7 @@ def test_stage6_shapes_and_encoders_without_a_tail():
     assert output_shape(LITE0, "stage6") == (7, 7, 192)
     assert output_shape("efficientnet_lite2", "stage6") == (9, 9, 208)
     assert output_shape(LITE0, "stage5") == (14, 14, 112)
+    assert SETTINGS["features.output"].choices == ("grid", "pooled", *TAIL_OUTPUTS)  # params.py's copy of the names
     assert output_shape("efficientnet_lite2", "stage5") == (17, 17, 120)  # 260 px: 130, 65, 33, 17, then 9
     assert output_shape(LITE0, "grid") == (7, 7, 1280)
     with pytest.raises(CaptionerError, match="stage6 needs an EfficientNet-Lite encoder"):
@@ -255,29 +257,16 @@ def test_a_stage5_bundle_gives_the_extracted_maps_and_captions_alike_on_keras_an
     """features.output stage5: extraction stops after stage 5 (14x14x112) and the decoder runs stages 6-7 and the head
     (2.7 M weights, ImageNet at the start); the bundle's encoder gives the maps extraction stored, and LiteRT agrees."""
     from captioner import Captioner
-    from captioner.data.text import END_ID, Vocabulary
-    from captioner.model.bundle import make_config, save_bundle
     from captioner.vision.feature_store import load_features
     from captioner.vision.features import run_extraction
+    from helpers_bundle import make_bundle
 
     (tmp_path / "Images").mkdir()
     photos = [make_photo(tmp_path / "Images" / f"{i}.jpg", seed=i) for i in range(3)]
     run_extraction(tmp_path / "Images", tmp_path / "features",
                    {"encoder": LITE0, "weights": "imagenet", "output": "stage5", "batch_size": 8, "precision": "float32"})
     names, stored, _ = load_features(tmp_path / "features/features.h5")
-    vocab = Vocabulary.build(["a red circle on grass", "a blue square on a white table"], min_count=1,
-                             max_length_percentile=100)
-    keras.utils.set_random_seed(0)
-    model = build_decoder(tail_spec(vocab_size=len(vocab), feature_shape=tuple(stored.shape[1:])))
-    start_tail(model, IMAGENET, "test")
-    kernel, bias = model.get_layer("logits").get_weights()
-    bias[END_ID] = -4.0  # <end> later, so captions have a few words
-    model.get_layer("logits").set_weights([kernel * 6, bias])
-    decoder = {"kind": "attention", "vocab_size": len(vocab), "embedding_dim": 8, "units": 16, "dropout": 0.0,
-               "heads": 2, "tail": LITE0}
-    config = make_config({"name": LITE0, "weights": "imagenet", "input_size": 224, "output": "stage5"},
-                         stored.shape[1:], decoder, {"beam_size": 3, "max_length": vocab.max_length, "length_alpha": 1.0})
-    save_bundle(tmp_path / "bundle", model, vocab, config, build_encoder(LITE0, "imagenet", "stage5"))
+    make_bundle(tmp_path / "bundle", litert=True, output="stage5")
 
     by_keras, lite = (Captioner.load(tmp_path / "bundle", runtime=r) for r in ("keras", "litert"))
     encoded = by_keras.encode(photos)

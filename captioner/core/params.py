@@ -18,6 +18,7 @@ from captioner.core.schema import Field, check, choice, integer, integers, numbe
 
 MAX_MEMBERS = 16  # seeds in `members`: bundle.MAX_MEMBERS, the decoders a bundle holds at most (a test checks)
 SEED = integer(42, 0, 2**32 - 1)  # one member's training seed
+TAIL_OUTPUTS = ("stage6", "stage5")  # vision.encoders.TAIL_OUTPUTS (core does not import vision; a test checks)
 
 # Every setting the pipeline understands: "section.key" (or a top-level "key") -> kind, default, range.
 SETTINGS: dict[str, Field] = {
@@ -33,7 +34,7 @@ SETTINGS: dict[str, Field] = {
     "data.split_seed": integer(0, 0, 2**32 - 1),
     "features.encoder": text("efficientnet_lite0"),
     "features.weights": text("imagenet"),
-    "features.output": choice("grid", "grid", "pooled", "stage6", "stage5"),
+    "features.output": choice("grid", "grid", "pooled", *TAIL_OUTPUTS),
     "features.batch_size": integer(32, 1, 4096),
     "features.precision": choice("float32", "auto", "float32", "bfloat16"),
     "features.flip": Field("bool", False),
@@ -83,7 +84,7 @@ RENAMED: dict[str, str] = {
 RULES: list[tuple[str, Callable[[dict[str, Any]], bool], str]] = [
     ("train.decoder", lambda p: p["train.decoder"] == "attention" and p["features.output"] == "pooled",
      "the attention decoder needs features.output: grid (or use train.decoder: inject or merge)"),
-    ("train.decoder", lambda p: p["train.decoder"] != "attention" and p["features.output"] in ("stage6", "stage5"),
+    ("train.decoder", lambda p: p["train.decoder"] != "attention" and p["features.output"] in TAIL_OUTPUTS,
      "features.output stage6 or stage5 (the fine-tuned encoder tail) needs train.decoder: attention"),
     ("train.captions_per_image", lambda p: p["train.captions_per_image"] > p["train.batch_size"],
      "train.captions_per_image must not exceed train.batch_size (a batch holds whole images)"),

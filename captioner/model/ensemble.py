@@ -19,11 +19,11 @@ from typing import Any, Sequence
 
 from captioner.core.atomic import atomic_dir, write_json
 from captioner.core.errors import CaptionerError
-from captioner.core.schema import quote
+from captioner.core.schema import check, quote
 from captioner.data.text import Vocabulary
 from captioner.model.bundle import (
-    CONFIG_FILE, MAX_MEMBERS, MODEL_FILE, VOCAB_FILE, ensemble_config, load_bundle, member_files, read_config,
-    read_vocab,
+    CONFIG_FIELDS, CONFIG_FILE, MAX_MEMBERS, MODEL_FILE, VOCAB_FILE, ensemble_config, load_bundle, member_files,
+    read_config, read_vocab,
 )
 from captioner.model.litert import LITERT_FILE, litert_bytes
 
@@ -39,6 +39,8 @@ def assemble(member_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.Pa
     """
     dirs = [Path(d) for d in member_dirs]
     out = Path(out_dir)
+    if length_alpha is not None:  # the range a bundle's config.json allows
+        check("length_alpha", "decoding.length_alpha", length_alpha, CONFIG_FIELDS["decoding.length_alpha"])
     _check_places(dirs, out)
     configs = [read_config(d) for d in dirs]
     vocabs = [read_vocab(d, c) for d, c in zip(dirs, configs)]

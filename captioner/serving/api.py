@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,6 +24,7 @@ import numpy as np
 from captioner.model.bundle import Bundle, load_bundle, read_checked
 from captioner.core.errors import CaptionerError
 from captioner.model.litert import LITERT_FILE, LiteRuntime, litert_available
+from captioner.vision.encoders import output_shape
 
 ImageInput = Any  # str | os.PathLike | PIL.Image.Image | np.ndarray | bytes
 RUNTIMES = ("auto", "keras", "litert")
@@ -131,11 +133,9 @@ class Captioner:
         """Side of the square image the encoder takes."""
         return int(self.config["encoder"]["input_size"])
 
-    @property
+    @cached_property
     def grid_shape(self) -> tuple[int, int] | None:
         """(h, w) of the attention maps, or None for decoders without attention."""
-        from captioner.vision.encoders import output_shape
-
         shape = self.bundle.feature_shape
         if self.config["decoder"].get("tail"):  # the tail ends where the encoder does: its grid
             shape = output_shape(self.config["encoder"]["name"], "grid")

@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from captioner.core.errors import CaptionerError
+from captioner.vision.efficientnet_lite import TAIL_STAGES
 
 if TYPE_CHECKING:
     import keras
 
-TAIL_OUTPUTS = {"stage6": 6, "stage5": 5}  # output -> the stage it stops after; the rest (the tail) trains in decoders
+TAIL_OUTPUTS = {f"stage{s}": s for s in reversed(TAIL_STAGES)}  # output -> the stage it stops after; the rest trains
 OUTPUTS = ("pooled", "grid", *TAIL_OUTPUTS)
 FUSE = "+"  # joins the member names of a fused encoder
 # Mean pixel (BGR) that Keras' "caffe" preprocessing subtracts after swapping RGB to BGR.
