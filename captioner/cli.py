@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="leave out captioner.tflite (the LiteRT runtime's file)")
     ensemble.add_argument("--length-alpha", type=float, metavar="ALPHA",
                           help="rank finished beams by log p / length^ALPHA (default: the first member's)")
+    ensemble.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                          help="read each image as it is and mirrored, probabilities averaged (default: the first "
+                               "member's)")
     return parser
 
 
@@ -160,11 +163,12 @@ def run_ensemble(args: argparse.Namespace) -> int:
     """Write an ensemble bundle of the member bundles (their configs checked before TensorFlow loads); one line."""
     from captioner.model.ensemble import assemble
 
-    config = assemble(args.members, args.out, litert=args.litert, length_alpha=args.length_alpha)
+    config = assemble(args.members, args.out, litert=args.litert, length_alpha=args.length_alpha, flip=args.flip)
     what = f"an ensemble of {len(args.members)}" if len(args.members) > 1 else "one"
     lite = ", with captioner.tflite" if args.litert else ""
+    views = ", reading each image as it is and mirrored" if config["decoding"].get("flip") else ""
     print(f"wrote {printable(args.out)}: {what} {config['decoder']['kind']} decoder"
-          f"{'s' if len(args.members) > 1 else ''}, {config['decoder']['vocab_size']} tokens{lite}")
+          f"{'s' if len(args.members) > 1 else ''}, {config['decoder']['vocab_size']} tokens{views}{lite}")
     return 0
 
 

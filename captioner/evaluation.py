@@ -18,7 +18,7 @@ from captioner.data.corpus import read_captions, read_splits
 from captioner.data.datasets.raw import SPLITS
 from captioner.core.errors import CaptionerError
 from captioner.core.params import where
-from captioner.vision.feature_store import FEATURES_FILE, FeatureReader
+from captioner.vision.feature_store import FEATURES_FILE, FLIPPED, FeatureReader
 
 if TYPE_CHECKING:
     from captioner.serving.api import Caption
@@ -136,10 +136,13 @@ def run_evaluate(
         print(f"warning: {len(names) - len(kept)} {split} images lack features or captions; left out", file=sys.stderr)
     if not kept:
         raise CaptionerError(f"split '{split}': none of its images has both features and captions")
+    mirrored = FeatureReader(Path(features_dir) / FEATURES_FILE, FLIPPED) if bundle.flip else None
     start = time.monotonic()
     captioner, rows, results = Captioner(bundle), [row_of[n] for n in kept], []
     for first in range(0, len(rows), _READ_CHUNK):  # feature rows read per chunk, never the whole split at once
-        results += captioner.caption_features(features[rows[first : first + _READ_CHUNK]], beam_size, progress)
+        chunk = rows[first : first + _READ_CHUNK]
+        views = features[chunk] if mirrored is None else np.stack([features[chunk], mirrored[chunk]], axis=1)
+        results += captioner.caption_features(views, beam_size, progress)
     seconds = time.monotonic() - start
     by_name = {n: r.caption for n, r in zip(kept, results)}
     scores = caption_scores({n: references[n] for n in kept}, by_name)

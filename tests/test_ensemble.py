@@ -112,6 +112,38 @@ def test_a_step_averages_the_members_probabilities():
         np.testing.assert_array_equal(one, other)
 
 
+def test_a_flip_step_maps_the_mirrored_views_words_and_cells_back_before_the_mean():
+    """decoding.flip: one decoder reads each image as it is and mirrored; the mirrored view reads and scores words
+    with `left`/`right` swapped and attends over mirrored cells, so both are mapped back before the mean."""
+    from captioner.data.text import mirror_ids
+    from captioner.model.decoders import ensemble_step_models, step_models
+
+    voc = vocab("a dog turns left then right")
+    table = mirror_ids(voc)
+    left, right = voc.index["left"], voc.index["right"]
+    assert table[left] == right and table[right] == left and table[voc.index["dog"]] == voc.index["dog"]
+    model = member("attention", 0, len(voc))
+    flip, one = ensemble_step_models([model], mirror=table), step_models(model)
+    plain, mirrored = features("attention", n=4, seed=1), features("attention", n=4, seed=2)
+    states = [[np.asarray(t) for t in one.init(x)] for x in (plain, mirrored)]
+    joined = [np.concatenate([st[j] for st in states], axis=-1) for j in (0, 1)]
+    contexts = [x for st in states for x in st[2:]]
+    got = [np.asarray(t) for t in flip.init(np.stack([plain, mirrored], axis=1))]
+    for one_part, other in zip(got, [*joined, *contexts], strict=True):
+        np.testing.assert_allclose(one_part, other, rtol=1e-6, atol=1e-6)
+
+    tokens = np.array([[left], [right], [voc.index["dog"]], [voc.index["a"]]], dtype=np.int32)
+    outs = [[np.asarray(t) for t in one.step([tokens, *states[0]])],
+            [np.asarray(t) for t in one.step([table[tokens], *states[1]])]]  # the mirrored view reads `right` for `left`
+    log_p, _, _, attention = (np.asarray(t) for t in flip.step([tokens, *joined, *contexts]))
+    words = outs[1][0][:, table]  # p(word) for the image = p(its mirror word) in the mirrored view
+    np.testing.assert_allclose(log_p, np.log((np.exp(outs[0][0]) + np.exp(words)) / 2), rtol=1e-5, atol=1e-5)
+    unmapped = np.log((np.exp(outs[0][0]) + np.exp(outs[1][0])) / 2)
+    assert np.abs(log_p - unmapped)[:, [left, right]].max() > 1e-3 and np.abs(log_p - unmapped)[:, :left].max() < 1e-5
+    cells = outs[1][3].reshape(4, 2, 2)[:, :, ::-1].reshape(4, 4)  # the mirrored view's map, columns reversed
+    np.testing.assert_allclose(attention, (outs[0][3] + cells) / 2, rtol=1e-5, atol=1e-6)
+
+
 def test_litert_and_keras_decode_a_two_member_ensemble_alike(tmp_path):
     pytest.importorskip("ai_edge_litert")
     import keras
@@ -191,7 +223,7 @@ def test_the_assemble_stage_takes_the_members_seeds_in_order_and_its_length_alph
 
     for seed in (7, 3):
         member_bundle(tmp_path / "members" / str(seed), seed=seed)
-    params = {"members": [7, 3], "scst": {"litert": False}, "assemble": {"length_alpha": 0.5}}
+    params = {"members": [7, 3], "scst": {"litert": False}, "assemble": {"length_alpha": 0.5, "flip": False}}
     config = assemble_members(params, tmp_path / "members", tmp_path / "bundle")
     assert config["members"] == ["decoder.keras", "decoder_2.keras"]
     assert read_config(tmp_path / "bundle")["decoding"]["length_alpha"] == 0.5  # members were trained with 1.0
@@ -210,6 +242,14 @@ def test_the_assemble_stage_takes_the_members_seeds_in_order_and_its_length_alph
     assert ranked != [(c.caption, c.score) for c in member.caption_features(feats)]
     with pytest.raises(CaptionerError, match=r"members/5: no bundle of member 5 \(its stages: dvc repro finetune@5\)$"):
         assemble_members({**params, "members": [7, 5]}, tmp_path / "members", tmp_path / "bundle")
+    flipped = assemble_members({**params, "members": [3], "assemble": {"length_alpha": 1.0, "flip": True}},
+                               tmp_path / "members", tmp_path / "flipped")
+    assert flipped["decoding"]["flip"] is True and load_bundle(tmp_path / "flipped").input_shape == (2, *GRID)
+    plain = assemble([tmp_path / "flipped"], tmp_path / "plain", litert=False, flip=False)
+    assert "flip" not in plain["decoding"] and plain == read_config(tmp_path / "members" / "3")
+    with pytest.raises(CaptionerError, match=r"features of shape \(2, 2, 8\) but the decoder reads \(2, 2, 2, 8\) "
+                                             r"\(each image as it is and mirrored: decoding.flip\)$"):
+        Captioner(load_bundle(tmp_path / "flipped"), compiled=False).caption_features(feats)
 
 
 @pytest.mark.parametrize(
@@ -323,6 +363,32 @@ def test_predict_captions_with_an_ensemble_bundle_alike_on_both_runtimes(photo_e
     assert alone.caption != keras_answer["caption"]
 
 
+def test_a_flip_bundle_encodes_both_views_and_captions_alike_on_both_runtimes(photo_ensemble, capsys):
+    """`captioner ensemble --flip`: the encoder also runs on the mirrored pixels (as extraction does) and the bundle's
+    captioner.tflite takes both views, so LiteRT and Keras give the same captions and attention maps."""
+    from captioner.cli import main
+    from captioner.serving.api import Captioner
+    from captioner.vision.photos import photo_input
+
+    out = photo_ensemble["tmp"] / "flip"
+    with pytest.raises(SystemExit) as done:
+        main(["ensemble", photo_ensemble["members"][0], "--flip", "--out", str(out)])
+    assert done.value.code == 0 and "reading each image as it is and mirrored" in capsys.readouterr().out
+    assert read_config(out)["decoding"]["flip"] is True
+    keras_flip, lite_flip = (Captioner.load(out, runtime=r) for r in ("keras", "litert"))
+    alone = Captioner.load(photo_ensemble["members"][0], runtime="keras")
+    inputs = photo_input(photo_ensemble["photo"].read_bytes(), alone.input_size)[None]
+    views = keras_flip.encode([photo_ensemble["photo"]])
+    assert views.shape == (1, 2, 7, 7, 1280) and keras_flip.describe()["flip"] is True
+    np.testing.assert_array_equal(views[:, 0], alone.encode([photo_ensemble["photo"]]))
+    np.testing.assert_array_equal(views[:, 1], alone._encode(inputs[:, :, ::-1]))  # mirrored as extraction does
+    one, other = (c.caption([photo_ensemble["photo"]])[0] for c in (keras_flip, lite_flip))
+    assert one.caption == other.caption and one.log_prob == pytest.approx(other.log_prob, abs=1e-3)
+    assert one.attention.shape == (len(one.words), 7, 7)
+    np.testing.assert_allclose(one.attention, other.attention, atol=1e-3)
+    assert one.log_prob != pytest.approx(alone.caption([photo_ensemble["photo"]])[0].log_prob, abs=1e-4)
+
+
 def test_serve_captions_with_an_ensemble_bundle(photo_ensemble):
     import httpx
 
@@ -358,3 +424,7 @@ def test_the_evaluate_stage_scores_an_ensemble_bundle(tmp_path):
     expected = Captioner(load_bundle(tmp_path / "ens"), compiled=False).caption_features(reader[rows], 3)
     predicted = (tmp_path / "metrics/predictions.csv").read_text().splitlines()[1:]
     assert [line.split(",")[1] for line in predicted] == [c.caption for c in expected]
+    assemble(members[:1], tmp_path / "flip", litert=False, flip=True)
+    with pytest.raises(CaptionerError, match=r"features.h5: no 'flipped' dataset \(extract with features.flip: true\)$"):
+        run_evaluate(params, tmp_path / "flip", tmp_path / "data/features", tmp_path / "data/processed",
+                     tmp_path / "data/raw", tmp_path / "metrics", progress=False)

@@ -79,6 +79,7 @@ def test_bad_params(tmp_path, text, message):
         ("features:\n  output: pooled\ntrain:\n  decoder: attention\n", r"params.yaml:4: 'train.decoder'"),
         ("train:\n  batch_size: 4\n  captions_per_image: 5\n", r":3: 'train.captions_per_image': train.captions_per_image must not exceed"),
         ("data:\n  source: folder\n", r"'data.path': data.source folder, archive and karpathy need data.path"),
+        ("assemble:\n  flip: true\n", r":2: 'assemble.flip': assemble.flip needs features.flip: true"),
     ],
 )
 def test_settings_that_do_not_go_together(tmp_path, text, message):

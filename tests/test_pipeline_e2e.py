@@ -119,9 +119,11 @@ def test_repro_from_scratch_then_nothing_to_do(repo):
         ({"text": {"min_words": 5}}, {"clean_text", "tokenize", "train@42", "finetune@42", "assemble", "evaluate"}),
         ({"features": {"encoder": "efficientnet_lite2"}},
          {"extract_features", "train@42", "finetune@42", "assemble", "evaluate"}),
+        ({"assemble": {"flip": False}}, {"assemble", "evaluate"}),
         ({"evaluate": {"beam_size": 1}}, {"evaluate"}),
     ],
-    ids=["train.learning_rate", "scst.litert", "text.min_words", "features.encoder", "evaluate.beam_size"],
+    ids=["train.learning_rate", "scst.litert", "text.min_words", "features.encoder", "assemble.flip",
+         "evaluate.beam_size"],
 )
 def test_param_change_reruns_exactly_the_dependent_stages(repo, change, expected):
     edit_params(repo, **change)
@@ -157,7 +159,12 @@ def test_a_self_critical_change_reverted_comes_back_from_the_run_cache(repo):
 
 def test_one_member_is_its_bundle_and_a_second_member_trains_alone(repo):
     bundle, member = repo / "models/captioner", repo / "models/members/42"
-    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == {p.name: p.read_bytes() for p in member.iterdir()}
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(p.name for p in member.iterdir())
+    for name in ("decoder.keras", "vocab.json"):
+        assert (bundle / name).read_bytes() == (member / name).read_bytes(), name
+    config, own = (json.loads((d / "config.json").read_text()) for d in (bundle, member))
+    assert config == {**own, "decoding": {**own["decoding"], "flip": True}}  # assemble.flip: both views
+    assert (bundle / "captioner.tflite").read_bytes() != (member / "captioner.tflite").read_bytes()  # init takes both
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["members"] = [42, 7]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -54,6 +54,7 @@ def make_project(folder: Path) -> Path:
     (images / "img_05b.jpg").write_text("not an image")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["features"].update(output="grid", batch_size=2, flip=False)
+    params["assemble"]["flip"] = False  # reading both views needs the mirrored features
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     return folder
 

@@ -65,6 +65,7 @@ SETTINGS: dict[str, Field] = {
     "scst.litert": Field("bool", True),
     "scst.max_minutes": number(30.0, 0.0001, 1e6),
     "assemble.length_alpha": number(1.0, 0, 10),
+    "assemble.flip": Field("bool", False),
     "evaluate.split": choice("test", "test", "val", "train"),
     "evaluate.beam_size": integer(3, 1, 100),
     "evaluate.figure_images": integer(8, 1, 64),
@@ -86,6 +87,9 @@ RULES: list[tuple[str, Callable[[dict[str, Any]], bool], str]] = [
      "the attention decoder needs features.output: grid (or use train.decoder: inject or merge)"),
     ("train.decoder", lambda p: p["train.decoder"] != "attention" and p["features.output"] in TAIL_OUTPUTS,
      "features.output stage6 or stage5 (the fine-tuned encoder tail) needs train.decoder: attention"),
+    ("assemble.flip", lambda p: p["assemble.flip"] and not p["features.flip"],
+     "assemble.flip needs features.flip: true (the evaluate stage reads the mirrored images' stored features); "
+     "set assemble.flip: false with it"),
     ("train.captions_per_image", lambda p: p["train.captions_per_image"] > p["train.batch_size"],
      "train.captions_per_image must not exceed train.batch_size (a batch holds whole images)"),
     ("data.path", lambda p: p["data.source"] in ("folder", "archive", "karpathy") and p["data.path"] is None,

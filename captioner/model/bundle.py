@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from captioner.core.atomic import atomic_dir, atomic_path, write_json
 from captioner.core.errors import CaptionerError
 from captioner.core.jsonfile import read_json
 from captioner.core.schema import Field, check, choice, integer, number, quote, text
-from captioner.data.text import MAX_LENGTH, RESERVED, Vocabulary
+from captioner.data.text import MAX_LENGTH, RESERVED, Vocabulary, mirror_ids
 from captioner.vision.encoders import ENCODERS, TAIL_OUTPUTS, find_spec, output_shape
 
 MODEL_FILE = "decoder.keras"
@@ -60,6 +62,7 @@ CONFIG_FIELDS: dict[str, Field] = {
     "decoding.beam_size": integer(None, 1, 100),
     "decoding.max_length": integer(None, len(RESERVED) - 1, MAX_LENGTH),
     "decoding.length_alpha": number(None, 0, 10),
+    "decoding.flip": Field("bool", None, nullable=True),  # read each image as it is and mirrored (absent: false)
 }
 _FEATURE_DIM = integer(None, 1, MAX_FEATURE_DIM)
 
@@ -88,6 +91,22 @@ class Bundle:
     def feature_shape(self) -> tuple[int, ...]:
         """Shape of one encoder feature (as extracted, before any pooling)."""
         return tuple(self.config["feature_shape"])
+
+    @property
+    def flip(self) -> bool:
+        """Whether the bundle reads each image as it is and mirrored left-right, probabilities averaged
+        (`decoding.flip`): its features come as both views, (N, 2, *feature_shape)."""
+        return bool(self.config["decoding"].get("flip"))
+
+    @property
+    def mirror(self) -> np.ndarray | None:
+        """With `flip`, token id -> its id in the mirrored caption (what the decoding graphs take); else None."""
+        return mirror_ids(self.vocab) if self.flip else None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of what the decoder reads per image: the feature, or with `flip` both views' features stacked."""
+        return (2, *self.feature_shape) if self.flip else self.feature_shape
 
     @property
     def decoder_kind(self) -> str:

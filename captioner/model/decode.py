@@ -153,17 +153,18 @@ class CaptionDecoder(BeamDecoder):
     `beam_search` to report; otherwise the step graph leaves them out and costs nothing extra.
     `compiled=False` runs the models eagerly: slower per step, but no graph tracing (about a second),
     which wins when a process captions only a few images. `model` is one training model, or a sequence of them
-    decoded as an ensemble (their per-word probabilities averaged, `decoders.ensemble_step_models`).
+    decoded as an ensemble (their per-word probabilities averaged, `decoders.ensemble_step_models`). With `mirror`
+    (`text.mirror_ids`) the features come as both views of each image, (N, 2, ...), and every model reads both.
     """
 
     def __init__(self, model, max_length: int, chunk_images: int = 256, attention: bool = False,
-                 compiled: bool = True):
+                 compiled: bool = True, mirror: np.ndarray | None = None):
         import keras
         import tensorflow as tf
 
         from captioner.model.decoders import decoding_models
 
-        self.models: StepModels = decoding_models(model)
+        self.models: StepModels = decoding_models(model, mirror)
         super().__init__(max_length, attention and self.models.has_attention, chunk_images)
         init, step = self.models.init, self.models.step
         if self.models.has_attention and not self.attention:

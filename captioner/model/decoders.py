@@ -405,6 +405,60 @@ class MeanProbabilities(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+class View(layers.Layer):
+    """One view of stacked views: (N, 2, ...) -> (N, ...); view 0 is the image as it is, view 1 mirrored."""
+
+    def __init__(self, index: int, **kwargs):
+        super().__init__(**kwargs)
+        self.index = int(index)
+
+    def call(self, inputs):
+        return inputs[:, self.index]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *input_shape[2:])
+
+    def get_config(self):
+        return {**super().get_config(), "index": self.index}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MapIds(layers.Layer):
+    """Token ids mapped through a fixed table (`table[ids]`): the image's words as the mirrored view spells them."""
+
+    def __init__(self, table, **kwargs):
+        super().__init__(**kwargs)
+        self.table = [int(i) for i in table]
+
+    def call(self, inputs):
+        return ops.take(ops.convert_to_tensor(np.asarray(self.table, dtype="int32")), inputs, axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "table": self.table}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Reorder(layers.Layer):
+    """The last axis read in a fixed order (`x[..., order]`): the mirrored view's words or cells in the image's order."""
+
+    def __init__(self, order, **kwargs):
+        super().__init__(**kwargs)
+        self.order = [int(i) for i in order]
+
+    def call(self, inputs):
+        return ops.take(inputs, ops.convert_to_tensor(np.asarray(self.order, dtype="int32")), axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], len(self.order))
+
+    def get_config(self):
+        return {**super().get_config(), "order": self.order}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class MeanMaps(layers.Layer):
     """The members' attention maps averaged: M x (N, L) -> (N, L)."""
 
@@ -418,7 +472,7 @@ class MeanMaps(layers.Layer):
         return input_shapes[0]
 
 
-def ensemble_step_models(models: Sequence[keras.Model]) -> StepModels:
+def ensemble_step_models(models: Sequence[keras.Model], mirror: np.ndarray | None = None) -> StepModels:
     """`init` and `step` of an ensemble of training models of one kind and vocabulary, decoded as one model.
 
     The members' LSTM states are concatenated along the feature axis (`h`, `c`: what beam search reorders each
@@ -426,6 +480,11 @@ def ensemble_step_models(models: Sequence[keras.Model]) -> StepModels:
     search over one decoder's `init`/`step` runs the ensemble unchanged. `step` slices each member's state back out,
     runs the member's own step and returns log(mean of the members' probabilities), the concatenated h and c and,
     for attention decoders, the mean of the members' attention maps. Every layer is named: reproducible LiteRT export.
+
+    With `mirror` (token id -> its id in the mirrored caption, `text.mirror_ids`) each member also reads the image
+    mirrored left-right: `init` takes both views stacked, (N, 2, *features), view 1 the mirrored image's features,
+    and the mirrored view's words (`left`/`right` swapped) and attention cells (columns reversed) are mapped back to
+    the image's before the mean, so one decoder reads each image twice, as flipped-view training showed it.
     """
     members = [step_models(model) for model in models]
     kind = members[0].kind
@@ -433,8 +492,13 @@ def ensemble_step_models(models: Sequence[keras.Model]) -> StepModels:
         if (member.kind, member.vocab_size) != (kind, members[0].vocab_size):
             raise ValueError(f"ensemble member {i} is a {member.kind} decoder of {member.vocab_size} tokens, member 1 "
                              f"a {kind} decoder of {members[0].vocab_size}")
-    image = keras.Input(models[0].inputs[0].shape[1:], name="image")
-    parts = [keras.Model(m.init.inputs, m.init.outputs, name=f"member{i}_init")(image) for i, m in enumerate(members)]
+    shape = tuple(models[0].inputs[0].shape[1:])
+    views = (0,) if mirror is None else (0, 1)
+    image = keras.Input(shape if mirror is None else (2, *shape), name="image")
+    seen = [image] if mirror is None else [View(v, name=f"view{v}")(image) for v in views]
+    inits = [keras.Model(m.init.inputs, m.init.outputs, name=f"member{i}_init") for i, m in enumerate(members)]
+    readers = [(i, v) for i in range(len(members)) for v in views]  # (member, view): one state and context each
+    parts = [inits[i](seen[v]) for i, v in readers]
     h0 = layers.Concatenate(axis=-1, name="init_h")([part[0] for part in parts])
     c0 = layers.Concatenate(axis=-1, name="init_c")([part[1] for part in parts])
     contexts = [tensor for part in parts for tensor in part[2:]]
@@ -443,14 +507,20 @@ def ensemble_step_models(models: Sequence[keras.Model]) -> StepModels:
     token = keras.Input((1,), dtype="int32", name="token")
     h_in, c_in = keras.Input(h0.shape[1:], name="h"), keras.Input(c0.shape[1:], name="c")
     ctx_in = [keras.Input(t.shape[1:], name=f"context_{j}") for j, t in enumerate(contexts)]
+    tokens = [token] if mirror is None else [token, MapIds(mirror, name="mirrored_token")(token)]
+    steps = [keras.Model(m.step.inputs, m.step.outputs, name=f"member{i}_step") for i, m in enumerate(members)]
     outs, start, first_context = [], 0, 0
-    for i, (member, part) in enumerate(zip(members, parts)):
+    for (i, v), part in zip(readers, parts):
+        name = f"member{i}" if mirror is None else f"member{i}_view{v}"
         stop = start + int(part[0].shape[-1])
-        h = FeatureSlice(start, stop, name=f"member{i}_h")(h_in)
-        c = FeatureSlice(start, stop, name=f"member{i}_c")(c_in)
+        h = FeatureSlice(start, stop, name=f"{name}_h")(h_in)
+        c = FeatureSlice(start, stop, name=f"{name}_c")(c_in)
         own = ctx_in[first_context : first_context + len(part) - 2]
-        step = keras.Model(member.step.inputs, member.step.outputs, name=f"member{i}_step")
-        outs.append(step([token, h, c, *own]))
+        out = steps[i]([tokens[v], h, c, *own])
+        if v == 1:  # the mirrored view's words and attention cells, in the image's order
+            out = [Reorder(mirror, name=f"{name}_words")(out[0]), *out[1:3],
+                   *(Reorder(mirrored_cells(int(maps.shape[-1])), name=f"{name}_cells")(maps) for maps in out[3:])]
+        outs.append(out)
         start, first_context = stop, first_context + len(part) - 2
     outputs = [MeanProbabilities(name="mean_probabilities")([out[0] for out in outs]),
                layers.Concatenate(axis=-1, name="step_h")([out[1] for out in outs]),
@@ -462,9 +532,20 @@ def ensemble_step_models(models: Sequence[keras.Model]) -> StepModels:
                       has_attention=members[0].has_attention)
 
 
-def decoding_models(model: keras.Model | Sequence[keras.Model]) -> StepModels:
-    """The decoding graphs of one training model, or of an ensemble when given a sequence of them (even of one)."""
-    return step_models(model) if isinstance(model, keras.Model) else ensemble_step_models(model)
+def mirrored_cells(cells: int) -> np.ndarray:
+    """Cell index -> the index of the same place in the mirrored image's square grid of `cells` cells (row-major)."""
+    side = math.isqrt(cells)
+    if side * side != cells:
+        raise ValueError(f"mirrored views need a square attention grid, got {cells} cells")
+    return np.arange(cells).reshape(side, side)[:, ::-1].reshape(-1)
+
+
+def decoding_models(model: keras.Model | Sequence[keras.Model], mirror: np.ndarray | None = None) -> StepModels:
+    """The decoding graphs of one training model, or of an ensemble when given a sequence of them (even of one);
+    with `mirror`, of the model(s) reading each image as it is and mirrored (`ensemble_step_models`)."""
+    if mirror is None and isinstance(model, keras.Model):
+        return step_models(model)
+    return ensemble_step_models([model] if isinstance(model, keras.Model) else model, mirror)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

@@ -4,7 +4,7 @@
 ensemble bundle (format 2, see `bundle.py`): the members' decoder.keras files copied byte for byte, member 1's
 vocabulary and config with `members` added, and optionally a captioner.tflite whose `init`/`step` run every
 member (`decoders.ensemble_step_models`). One member gives its bundle's files byte for byte (config.json too unless
-another `length_alpha` is set). Decoding averages
+another `length_alpha` or `flip` is set). Decoding averages
 the members' per-word probabilities inside the same batched beam search (`CaptionDecoder` and `LiteDecoder` need
 nothing else). `assemble_members` is the pipeline's `assemble` stage: the bundles of the seeds in params.yaml's
 `members`, one folder per seed.
@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from captioner.core.atomic import atomic_dir, write_json
 from captioner.core.errors import CaptionerError
 from captioner.core.schema import check, quote
-from captioner.data.text import Vocabulary
+from captioner.data.text import Vocabulary, mirror_ids
 from captioner.model.bundle import (
     CONFIG_FIELDS, CONFIG_FILE, MAX_MEMBERS, MODEL_FILE, VOCAB_FILE, ensemble_config, load_bundle, member_files,
     read_config, read_vocab,
@@ -29,13 +29,15 @@ from captioner.model.litert import LITERT_FILE, litert_bytes
 
 
 def assemble(member_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
-             litert: bool = True, length_alpha: float | None = None) -> dict[str, Any]:
+             litert: bool = True, length_alpha: float | None = None, flip: bool | None = None) -> dict[str, Any]:
     """Write an ensemble bundle of the bundles in `member_dirs` to `out_dir` (replaced atomically); return its config.
 
     With `litert`, also captioner.tflite (the bundle's encoder and the ensemble's decoding graphs). One member gives
-    a copy of it in the single-decoder format, byte for byte but for that alpha (its own captioner.tflite too). Members
-    that disagree are a one-line error naming the member. `length_alpha` (None: member 1's) is written into the
-    bundle's `decoding.length_alpha`, which ranks finished beams wherever the bundle captions.
+    a copy of it in the single-decoder format, byte for byte but for that alpha and flip (its own captioner.tflite
+    too, unless flip changes the decoding graphs). Members that disagree are a one-line error naming the member.
+    `length_alpha` (None: member 1's) is written into the bundle's `decoding.length_alpha`, which ranks finished beams
+    wherever the bundle captions. `flip` (None: member 1's) sets `decoding.flip`: every member reads each image as it
+    is and mirrored, wherever the bundle captions.
     """
     dirs = [Path(d) for d in member_dirs]
     out = Path(out_dir)
@@ -51,14 +53,22 @@ def assemble(member_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.Pa
         reason = _difference(configs[0], vocabs[0], config, vocab)
         if reason:
             raise CaptionerError(f"{directory} (member {i}): {reason} (member 1: {dirs[0]})")
-    own_litert = dirs[0] / LITERT_FILE if len(dirs) == 1 and (dirs[0] / LITERT_FILE).is_file() else None
+    config = ensemble_config(configs[0], len(dirs))
+    decoding = dict(config["decoding"])
+    if length_alpha is not None:
+        decoding["length_alpha"] = float(length_alpha)
+    if flip is not None:
+        decoding.pop("flip", None)  # absent means false: a plain member's config stays its own
+        if flip:
+            decoding["flip"] = True
+    config = {**config, "decoding": decoding}
+    same_graphs = bool(decoding.get("flip")) == bool(configs[0]["decoding"].get("flip"))
+    own_litert = dirs[0] / LITERT_FILE if len(dirs) == 1 and same_graphs and (dirs[0] / LITERT_FILE).is_file() else None
     convert = litert and own_litert is None
     # Every file is checked before anything is written; one member copied as it is (no conversion) needs no
     # TensorFlow: its config and vocabulary are checked above, its decoder when the copy is loaded.
     models = [load_bundle(d).model for d in dirs] if convert or len(dirs) > 1 else []
-    config = ensemble_config(configs[0], len(dirs))
-    if length_alpha is not None:
-        config = {**config, "decoding": {**config["decoding"], "length_alpha": float(length_alpha)}}
+    mirror = mirror_ids(vocabs[0]) if decoding.get("flip") else None
     encoder = _encoder(configs[0]) if convert else None
     with atomic_dir(out) as tmp:
         for directory, name in zip(dirs, member_files(config)):
@@ -68,20 +78,21 @@ def assemble(member_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.Pa
         if litert and own_litert is not None:
             shutil.copyfile(own_litert, tmp / LITERT_FILE)
         elif encoder is not None:
-            (tmp / LITERT_FILE).write_bytes(litert_bytes(encoder, models[0] if len(models) == 1 else models))
+            (tmp / LITERT_FILE).write_bytes(litert_bytes(encoder, models[0] if len(models) == 1 else models, mirror))
     return config
 
 
 def assemble_members(params: dict[str, Any], members_dir: str | os.PathLike[str],
                      out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The pipeline's bundle in `out_dir`: the bundles `members_dir`/SEED of params' `members`, in that order, assembled
-    (with captioner.tflite when `scst.litert`, decoding with `assemble.length_alpha`); return its config. A missing
-    member is a one-line error."""
+    (with captioner.tflite when `scst.litert`, decoding with `assemble.length_alpha` and `assemble.flip`); return its
+    config. A missing member is a one-line error."""
     dirs = [Path(members_dir) / str(seed) for seed in params["members"]]
     for seed, directory in zip(params["members"], dirs):
         if not (directory / CONFIG_FILE).is_file():
             raise CaptionerError(f"{directory}: no bundle of member {seed} (its stages: dvc repro finetune@{seed})")
-    return assemble(dirs, out_dir, litert=params["scst"]["litert"], length_alpha=params["assemble"]["length_alpha"])
+    return assemble(dirs, out_dir, litert=params["scst"]["litert"], length_alpha=params["assemble"]["length_alpha"],
+                    flip=params["assemble"]["flip"])
 
 
 def _check_places(dirs: list[Path], out: Path) -> None:

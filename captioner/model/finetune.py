@@ -55,17 +55,17 @@ def run_finetune(
     cap = TimeCap(scst["max_minutes"], start)
     xe = load_bundle(xe_dir)
     spec = xe.decoder_spec
-    precision = resolve_precision(scst["precision"])
+    data = load_train_data(features_dir, processed_dir, spec.kind) if scst["epochs"] > 0 else None
+    precision = resolve_precision(scst["precision"], len(data.train) if data is not None else None)
     summary: dict[str, Any] = {"precision": precision, "epochs_run": 0}
     model = xe.model
-    if scst["epochs"] > 0:
+    if data is not None:
         from captioner.data.corpus import read_captions
         from captioner.model.scst import image_set, self_critical
         from captioner.model.tail import tail_frozen
 
         keras.utils.set_random_seed(params["seed"])
         tf.config.experimental.enable_op_determinism()
-        data = load_train_data(features_dir, processed_dir, spec.kind)
         captions = read_captions(Path(processed_dir) / "captions.json")
         references = [captions.get(name, []) for name in data.image_names]
         model = copy_decoder(xe.model, spec, keras_policy(precision))

@@ -25,9 +25,10 @@ LITERT_FILE = "captioner.tflite"
 SIGNATURES = ("encode", "init", "step")
 
 
-def litert_bytes(encoder, model) -> bytes:
+def litert_bytes(encoder, model, mirror: np.ndarray | None = None) -> bytes:
     """The `.tflite` flatbuffer of an encoder (Keras model: images -> features) and a training model's decoding graphs
-    (of a sequence of training models: the ensemble's, one `init`/`step` pair that runs every member).
+    (of a sequence of training models: the ensemble's, one `init`/`step` pair that runs every member; with `mirror`,
+    graphs whose `init` takes both views of each image, `decoders.ensemble_step_models`).
 
     The same models give the same bytes in a fresh process (the bundle is hashed by DVC); the step graph's LSTM
     is unrolled for its one time step, which the converter's builtin ops need.
@@ -41,7 +42,7 @@ def litert_bytes(encoder, model) -> bytes:
     for lstm in lstms:
         lstm.unroll = True
     try:
-        models = decoding_models(model)
+        models = decoding_models(model, mirror)
         archive = keras.export.ExportArchive()
         for name, graph in zip(SIGNATURES, (encoder, models.init, models.step)):
             archive.track(graph)

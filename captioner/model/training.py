@@ -341,7 +341,8 @@ def fit_decoder(
 ):
     """Build and train the `params['decoder']` model; return (model with the best weights, summary dict).
 
-    The model computes in `params['precision']` (resolved: bfloat16 only where the hardware has it) on
+    The model computes in `params['precision']` (resolved: bfloat16 only where the hardware has it and the data is
+    big enough, `precision.resolve_precision`) on
     `params['devices']` devices (data-parallel through tf.distribute.MirroredStrategy above one), or on
     every worker of the `TF_CONFIG` cluster (MultiWorkerMirroredStrategy, DVCLive on the chief only). The
     model returned is on one device, still in the training precision.
@@ -358,7 +359,7 @@ def fit_decoder(
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
     cap = cap or TimeCap(params["max_minutes"])
-    precision = resolve_precision(params["precision"])
+    precision = resolve_precision(params["precision"], len(data.train))
     spec = decoder_spec(params, len(data.vocab), data.feature_shape, tail_encoder(data.feature_meta))
     devices, workers = place.replicas, place.workers
     per_image, batch_size = params["captions_per_image"], params["batch_size"]

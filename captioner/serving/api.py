@@ -70,7 +70,8 @@ class Captioner:
 
     With a LiteRuntime (`lite`), encoder and decoder run on it and `bundle.model` may be None; otherwise
     on Keras. An ensemble bundle decodes with every member, their per-word probabilities averaged (on LiteRT
-    its captioner.tflite runs them all), and its attention maps are the members' mean.
+    its captioner.tflite runs them all), and its attention maps are the members' mean. A `flip` bundle reads each
+    image as it is and mirrored (the encoder runs on both), the mirrored view's words and maps mapped back.
     """
 
     def __init__(self, bundle: Bundle, source: str = "", compiled: bool = True, lite: LiteRuntime | None = None):
@@ -89,7 +90,8 @@ class Captioner:
             from captioner.model.decode import CaptionDecoder
 
             model = bundle.decoders if bundle.members else bundle.model
-            self._decoder = CaptionDecoder(model, bundle.vocab.max_length, attention=True, compiled=compiled)
+            self._decoder = CaptionDecoder(model, bundle.vocab.max_length, attention=True, compiled=compiled,
+                                           mirror=bundle.mirror)
         self._encoder = None
         self._encode_fn = None
 
@@ -150,6 +152,7 @@ class Captioner:
             "encoder": f"{enc['name']} {enc['output']}",
             "decoder": self.bundle.decoder_kind,
             "members": self.bundle.member_count,
+            "flip": self.bundle.flip,
             "vocab_size": len(self.bundle.vocab),
             "beam_size": self.default_beam_size,
             "runtime": "litert" if self.lite is not None else "keras",
@@ -212,7 +215,8 @@ class Captioner:
 
     def caption_features(self, features: np.ndarray, beam_size: int | None = None, progress: bool = False,
                          length_alpha: float | None = None) -> list[Caption]:
-        """Caption rows of extracted encoder features (grids are pooled for decoders that take vectors).
+        """Caption rows of extracted encoder features (grids are pooled for decoders that take vectors); for a `flip`
+        bundle each row holds both views, (N, 2, *feature_shape), view 1 the mirrored image's features.
 
         `length_alpha` (default: the bundle's `decoding.length_alpha`) ranks finished beams by log p / length**alpha.
         """
@@ -221,11 +225,14 @@ class Captioner:
         from captioner.vision.feature_store import prepare_features
 
         beam = self._beam(beam_size)
-        if tuple(features.shape[1:]) != self.bundle.feature_shape:
+        if tuple(features.shape[1:]) != self.bundle.input_shape:
+            views = " (each image as it is and mirrored: decoding.flip)" if self.bundle.flip else ""
             raise CaptionerError(
-                f"features of shape {tuple(features.shape[1:])} but the decoder was trained on {self.bundle.feature_shape}"
+                f"features of shape {tuple(features.shape[1:])} but the decoder reads {self.bundle.input_shape}{views}"
             )
-        feats = prepare_features(features, self.bundle.decoder_kind, "features")
+        rows = features.shape[: features.ndim - len(self.bundle.feature_shape)]  # (N,) or, with flip, (N, 2)
+        feats = prepare_features(features.reshape(-1, *self.bundle.feature_shape), self.bundle.decoder_kind, "features")
+        feats = feats.reshape(*rows, *feats.shape[1:])
         alpha = float(self.config["decoding"].get("length_alpha", 1.0) if length_alpha is None else length_alpha)
         with tqdm(total=len(feats), desc="captioning", unit="img", disable=not progress, file=sys.stderr) as bar:
             found = self._decoder.beam_search(feats, beam, alpha, progress=bar.update)
@@ -242,7 +249,8 @@ class Captioner:
         return self.caption_features(self._encode(inputs.astype(np.float32, copy=False)), beam_size)
 
     def encode(self, images: Sequence[ImageInput]) -> np.ndarray:
-        """Encoder features (n, *feature_shape) of in-memory or on-disk images, as extraction stores them."""
+        """Encoder features (n, *feature_shape) of in-memory or on-disk images, as extraction stores them (a `flip`
+        bundle's: (n, 2, *feature_shape), the images as they are and mirrored)."""
         from captioner.vision.photos import photo_input, resize_photo, to_rgb_array
 
         batch = []
@@ -258,7 +266,7 @@ class Captioner:
             except CaptionerError as exc:
                 raise CaptionerError(f"{name}: {exc}") from exc
         if not batch:
-            return np.zeros((0, *self.bundle.feature_shape), dtype=self._feature_dtype)
+            return np.zeros((0, *self.bundle.input_shape), dtype=self._feature_dtype)
         return self._encode(np.stack(batch))
 
     @property
@@ -278,6 +286,14 @@ class Captioner:
         return self._encoder
 
     def _encode(self, images) -> np.ndarray:
+        """The features the decoder reads for a float32 batch of encoder inputs: the encoder's, with `flip` stacked
+        with those of the mirrored images (flipped just before the encoder, as extraction does)."""
+        if not self.bundle.flip:
+            return self._run_encoder(images)
+        images = np.asarray(images)
+        return np.stack([self._run_encoder(images), self._run_encoder(images[:, :, ::-1])], axis=1)
+
+    def _run_encoder(self, images) -> np.ndarray:
         """Run the encoder on a float32 batch (one traced graph for any batch size if compiled); stored dtype."""
         if self.lite is not None:
             return self.lite.encode(np.asarray(images)).astype(self._feature_dtype)
